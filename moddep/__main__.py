@@ -1,0 +1,3 @@
+from moddep.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,79 @@
+"""Command-line entry point: subcommand and argv[0] dispatch.
+
+``moddep SUBCOMMAND ...`` runs a subcommand; invoked through a symlink named like one of kmod's
+tools (``depmod``, ``modprobe``, ``insmod``, ``rmmod``, ``lsmod``, ``modinfo``) it behaves as that
+tool, kmod's multicall convention. Each command lives in ``moddep/tools/<name>.py`` with a
+``main(argv, prog) -> int``; they are imported lazily so start-up stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+from typing import Optional, Sequence
+
+# name -> (module, one-line help). Tools named like kmod's are also reachable via argv[0].
+COMMANDS: dict[str, tuple[str, str]] = {
+    "depmod": ("moddep.tools.depmod", "generate modules.dep and the other index files"),
+    "modprobe": ("moddep.tools.modprobe", "add or remove modules, resolving dependencies"),
+    "insmod": ("moddep.tools.insmod", "insert one module file into the kernel"),
+    "rmmod": ("moddep.tools.rmmod", "remove one module from the kernel"),
+    "lsmod": ("moddep.tools.lsmod", "list loaded modules"),
+    "modinfo": ("moddep.tools.modinfo", "show information about a module"),
+    "dump-index": ("moddep.tools.dump_index", "print the entries of a .bin index"),
+    "who-uses": ("moddep.tools.who_uses", "tell what holds a module (sysfs, files, tracing)"),
+    "verify": ("moddep.tools.verify", "check a module directory's indexes and modules"),
+    "why": ("moddep.tools.why", "explain why a module needs another, or what matches an alias"),
+    "graph": ("moddep.tools.graph", "draw a dependency closure (Graphviz)"),
+    "diff": ("moddep.tools.diff", "semantic difference of two module directories' indexes"),
+}
+
+KMOD_TOOLS = ("depmod", "modprobe", "insmod", "rmmod", "lsmod", "modinfo")
+
+
+def _available() -> dict[str, tuple[str, str]]:
+    """Commands whose module exists in this installation."""
+    found = {}
+    for name, (modname, text) in COMMANDS.items():
+        if importlib.util.find_spec(modname) is not None:
+            found[name] = (modname, text)
+    return found
+
+
+def usage() -> str:
+    lines = ["usage: moddep COMMAND [ARGS...]", "", "commands:"]
+    for name, (_, text) in _available().items():
+        lines.append(f"  {name:<11} {text}")
+    lines += ["", "moddep COMMAND --help shows a command's options. Invoked through a symlink",
+              "named " + ", ".join(KMOD_TOOLS) + " it behaves as that tool."]
+    return "\n".join(lines)
+
+
+def run(name: str, argv: Sequence[str], prog: Optional[str] = None) -> int:
+    """Run command ``name`` with ``argv`` (without the command name)."""
+    modname = COMMANDS[name][0]
+    module = importlib.import_module(modname)
+    return int(module.main(list(argv), prog or name))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``moddep`` console script and of the kmod-named symlinks."""
+    args = list(sys.argv if argv is None else argv)
+    argv0 = os.path.basename(args[0]) if args else "moddep"
+    if argv0 in KMOD_TOOLS:
+        return run(argv0, args[1:], argv0)
+    rest = args[1:]
+    if not rest or rest[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0 if rest else 1
+    if rest[0] in ("-V", "--version"):
+        from moddep import __version__
+
+        print(f"moddep {__version__}")
+        return 0
+    if rest[0] not in COMMANDS or rest[0] not in _available():
+        print(f"moddep: unknown command '{rest[0]}'\n\n{usage()}", file=sys.stderr)
+        return 1
+    return run(rest[0], rest[1:], rest[0])
