@@ -1,0 +1,108 @@
+"""depmod.d: ``search``, ``override``, ``external``, ``exclude`` (kmod ``tools/depmod.c``).
+
+kmod keeps each list newest-first (it prepends), and priorities follow from that: the first
+``search`` token of the first file has the highest priority, the *last* configured override is
+checked first, the *last* configured external directory is walked first.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Optional
+
+from moddep.config.files import collect, conf_filter, logical_lines, tokens
+from moddep.diag import Log, fs
+
+SEARCH_PATH, SEARCH_BUILTIN, SEARCH_EXTERNAL = "path", "built-in", "external"
+
+
+@dataclass(frozen=True)
+class Search:
+    kind: str  # SEARCH_PATH | SEARCH_BUILTIN | SEARCH_EXTERNAL
+    path: bytes = b""
+
+
+@dataclass(frozen=True)
+class DepmodConfig:
+    """Parsed depmod.d, each list in configuration order (first configured first)."""
+
+    searches: tuple[Search, ...] = ()
+    overrides: tuple[bytes, ...] = ()  # "SUBDIR/MOD" as written
+    externals: tuple[bytes, ...] = ()  # directories as written (target or host paths)
+    excludes: frozenset[bytes] = frozenset()
+
+    @property
+    def effective_searches(self) -> tuple[Search, ...]:
+        """The search list; kmod uses just ``updates`` when no search line exists."""
+        return self.searches or (Search(SEARCH_PATH, b"updates"),)
+
+
+def kernel_matches(pattern: bytes, kver: bytes) -> bool:
+    """kmod's cfg_kernel_matches: ``*``, else an unanchored POSIX extended regex search."""
+    if pattern == b"*":
+        return True
+    try:
+        return re.search(pattern, kver) is not None
+    except re.error:
+        return False
+
+
+def parse(files: list[tuple[bytes, bytes]], kver: bytes, log: Log) -> DepmodConfig:
+    """Parse the collected files (basename order) into a :class:`DepmodConfig`."""
+    searches: list[Search] = []
+    overrides: list[bytes] = []
+    externals: list[bytes] = []
+    excludes: set[bytes] = set()
+    for _name, path in files:
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            log.error(f"file parse {fs(path)}: {e.strerror}")
+            continue
+        where = fs(path)
+        for lineno, line in logical_lines(data):
+            if not line or line.startswith(b"#"):
+                continue
+            words = tokens(line)
+            if not words:
+                continue
+            cmd, args = words[0], words[1:]
+            if cmd == b"search":
+                for tok in args:
+                    if tok == b"built-in":
+                        searches.append(Search(SEARCH_BUILTIN))
+                    elif tok == b"external":
+                        searches.append(Search(SEARCH_EXTERNAL))
+                    else:
+                        searches.append(Search(SEARCH_PATH, tok))
+            elif cmd == b"override" and len(args) >= 3:
+                modname, version, subdir = args[:3]
+                if not kernel_matches(version, kver):
+                    log.info(f"{where}:{lineno}: override kernel did not match {fs(version)}")
+                    continue
+                overrides.append(subdir + b"/" + modname)
+            elif cmd == b"external" and len(args) >= 2:
+                version, directory = args[:2]
+                if not kernel_matches(version, kver):
+                    log.info(f"{where}:{lineno}: external directory did not match "
+                             f"{fs(version)}")
+                    continue
+                externals.append(directory)
+            elif cmd == b"exclude":
+                excludes.update(args)
+            elif cmd in (b"include", b"make_map_files"):
+                log.info(f"{where}:{lineno}: command {fs(cmd)} not implemented yet")
+            else:
+                log.error(f"{where}:{lineno}: ignoring bad line starting with '{fs(cmd)}'")
+    return DepmodConfig(tuple(searches), tuple(overrides), tuple(externals), frozenset(excludes))
+
+
+def load(paths: list[bytes], kver: bytes, log: Log,
+         root: Optional[bytes] = None) -> DepmodConfig:
+    """Collect and parse depmod.d from ``paths``; with ``root``, each path is under that root."""
+    if root is not None:
+        paths = [os.path.join(root, p.lstrip(b"/")) for p in paths]
+    return parse(collect(paths, conf_filter(), log), kver, log)

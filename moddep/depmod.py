@@ -1,0 +1,235 @@
+"""The depmod pipeline: staged root -> frozen model -> ``dict[file name, bytes]``.
+
+Nothing here prints, exits or writes: :func:`compute` returns the index files and the
+diagnostics; the CLI prints and :mod:`moddep.publish` writes. ``verify`` calls the same
+function and compares instead of writing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+from moddep.compat import KmodGeneration
+from moddep.config import depmod_d
+from moddep.diag import Log, fs
+from moddep.errors import ModdepError
+from moddep.graph import DepModel, KernelSymbols, module_order, resolve
+from moddep.index.outputs import Inputs, generate
+from moddep.model import ModuleData
+from moddep.modinfo import modname_normalize
+from moddep.scan import ModuleFile, Scanner, _starts_dir, is_module_name
+
+DEFAULT_MODULE_DIRS = (b"/lib/modules", b"/usr/lib/modules")
+VERSION_RE = re.compile(rb"\s*[+-]?\d+\.\s*[+-]?\d+")
+
+# extractor(list of fspaths) -> list of ModuleData, same order (serial, parallel or cached)
+Extractor = Callable[[Sequence[bytes]], list[ModuleData]]
+
+
+def is_version(arg: bytes) -> bool:
+    """kmod's is_version_number: ``sscanf(arg, "%u.%u")`` reads two numbers."""
+    return VERSION_RE.match(arg) is not None
+
+
+@dataclass(frozen=True)
+class Request:
+    """One depmod run's inputs, as the command line gives them."""
+
+    kver: bytes
+    gen: KmodGeneration
+    basedir: bytes = b""  # absolute, or empty for /
+    outdir: Optional[bytes] = None
+    moduledir: Optional[bytes] = None  # None: detect lib/modules or usr/lib/modules
+    config_paths: Optional[tuple[bytes, ...]] = None  # -C
+    host_config: bool = False  # kmod's behaviour: host depmod.d, host external dirs
+    symvers: Optional[bytes] = None
+    sysmap: Optional[bytes] = None
+    errsyms: bool = False
+    prefix: bytes = b""
+    warn_dups: bool = False
+    verbose: bool = False
+    files: tuple[bytes, ...] = ()  # non-empty: only these modules (not "all" mode)
+    text_only: bool = False  # -n
+
+
+@dataclass
+class Result:
+    outputs: dict[str, bytes]
+    moddir: bytes  # module dir on this machine (inputs)
+    outdir: bytes  # where outputs go on this machine
+    model: DepModel
+    log: Log = field(default_factory=Log)
+
+
+def module_dir_name(req: Request) -> bytes:
+    """The module directory below the root (``lib/modules``), without leading slashes."""
+    if req.moduledir is not None:
+        return req.moduledir.lstrip(b"/")
+    for cand in DEFAULT_MODULE_DIRS:
+        if os.path.isdir(req.basedir + cand + b"/" + req.kver):
+            return cand.lstrip(b"/")
+    return DEFAULT_MODULE_DIRS[0].lstrip(b"/")
+
+
+def load_kernel_symbols(req: Request, log: Log) -> Optional[KernelSymbols]:
+    """-E Module.symvers (wins) or -F System.map; None without either."""
+    if req.symvers is not None:
+        return KernelSymbols(_read_symvers(req.symvers, req.prefix, log), True)
+    if req.sysmap is not None:
+        return KernelSymbols(_read_system_map(req.sysmap, req.prefix, log), False)
+    return None
+
+
+def _read_file(path: bytes) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise ModdepError(f"could not load {fs(path)}: {e.strerror}") from None
+
+
+def _read_symvers(path: bytes, prefix: bytes, log: Log) -> dict[bytes, int]:
+    """Module.symvers lines ``crc sym where ...``; only ``where == vmlinux`` count."""
+    out: dict[bytes, int] = {}
+    for n, line in enumerate(_read_file(path).splitlines(keepends=True), 1):
+        f = line.replace(b"\t", b" ").split(b" ")
+        f = [x for x in f if x]
+        if len(f) < 3 or f[2] != b"vmlinux":
+            continue
+        ver, sym = f[0], f[1]
+        try:
+            crc = int(ver, 16)
+        except ValueError:
+            log.error(f"{fs(path)}:{n} Invalid symbol version {fs(ver)}: Invalid argument")
+            continue
+        if prefix and sym.startswith(prefix):
+            sym = sym[len(prefix):]
+        out[sym] = crc
+    return out
+
+
+def _read_system_map(path: bytes, prefix: bytes, log: Log) -> dict[bytes, int]:
+    """System.map lines ``addr type name``: names ``__ksymtab_X`` export X."""
+    out: dict[bytes, int] = {}
+    for n, line in enumerate(_read_file(path).splitlines(keepends=True), 1):
+        parts = line.split(b" ", 2)
+        if len(parts) < 3:
+            log.error(f"{fs(path)}:{n}: invalid line: {fs(line)}")
+            continue
+        name = parts[2]
+        if prefix and name.startswith(prefix):
+            name = name[len(prefix):]
+        if not name.startswith(b"__ksymtab_"):
+            continue
+        out[name[10:].split(b"\n", 1)[0]] = 0
+    return out
+
+
+def discover(req: Request, moddir_k: bytes, moddir_fs: bytes, log: Log) -> list[ModuleFile]:
+    """The module files of this run, unordered (one per module name)."""
+    if req.files:
+        mods: dict[bytes, ModuleFile] = {}
+        for path in req.files:
+            if not path.startswith(b"/"):
+                raise ModdepError(f"{fs(path)}: not absolute path.")
+            # in target mode a listed path is a target path below the root
+            kpath = path if req.host_config else _target_path(req, path)
+            fspath = path if req.host_config or not kpath.startswith(b"/") else req.basedir + kpath
+            rel = kpath[len(moddir_k) + 1:] if _starts_dir(kpath, moddir_k) else None
+            base = path.rpartition(b"/")[2]
+            m = ModuleFile(modname_normalize(base), kpath, fspath, rel, base)
+            if m.name in mods:
+                raise ModdepError(f"could not add module {fs(path)}: File exists")
+            mods[m.name] = m
+        return list(mods.values())
+    if req.config_paths is not None:
+        cfg = depmod_d.load(list(req.config_paths), req.kver, log)
+    elif req.host_config:
+        cfg = depmod_d.load([d.encode() for d in req.gen.config_dirs], req.kver, log)
+    else:
+        cfg = depmod_d.load([d.encode() for d in req.gen.config_dirs], req.kver, log,
+                            root=req.basedir or b"/")
+    # kmod walks external dirs last-configured first
+    ext = [(e, e if req.host_config else req.basedir + e) for e in reversed(cfg.externals)]
+    return list(Scanner(cfg, moddir_k, moddir_fs, ext, log).run().values())
+
+
+def _target_path(req: Request, path: bytes) -> bytes:
+    """A command-line path given as a host path below the root becomes a target path."""
+    if req.basedir and path.startswith(req.basedir + b"/"):
+        return path[len(req.basedir):]
+    return path
+
+
+def _read_optional(path: bytes, log: Log, what: str, where: bytes) -> Optional[bytes]:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        log.warning(f"could not open {what} at {fs(where)}: {e.strerror}")
+        return None
+
+
+def compute(req: Request, extract: Extractor, log: Optional[Log] = None) -> Result:
+    """Run the pipeline; raises ModdepError for kmod's fatal cases (cycles, no module dir)."""
+    log = log if log is not None else Log()
+    mdir = module_dir_name(req)
+    moddir_fs = req.basedir + b"/" + mdir + b"/" + req.kver
+    moddir_k = moddir_fs if req.host_config else b"/" + mdir + b"/" + req.kver
+    outroot = req.outdir if req.outdir is not None else req.basedir
+    outdir = outroot + b"/" + mdir + b"/" + req.kver
+    kernel = load_kernel_symbols(req, log)
+    if req.errsyms and kernel is None:
+        log.warning("-e needs -E or -F")
+    files = discover(req, moddir_k, moddir_fs, log)
+    by_name = {f.name: f for f in files}
+    order = _read_optional(moddir_fs + b"/modules.order", log, "modules.order", moddir_fs)
+    ordered = module_order(by_name, order, fs(moddir_fs) + "/modules.order", req.gen, log)
+    data = extract([m.fspath for m in ordered])
+    for m, d in zip(ordered, data):
+        if d.error is not None:
+            log.error(f"failed to load symbols from {fs(m.fspath)}: {d.error}")
+    model = resolve(ordered, data, kernel=kernel if kernel else None, prefix=req.prefix,
+                    errsyms=req.errsyms and kernel is not None, verbose=req.verbose, log=log)
+    builtin = builtin_modinfo = None
+    if not req.text_only:
+        builtin = _read_optional(moddir_fs + b"/modules.builtin", log, "modules.builtin",
+                                 moddir_fs)
+        builtin_modinfo = _read_optional(moddir_fs + b"/modules.builtin.modinfo", log,
+                                         "modules.builtin.modinfo", moddir_fs)
+    inputs = Inputs(model, req.gen, builtin, builtin_modinfo, req.warn_dups, log)
+    outputs = generate(inputs, text_only=req.text_only)
+    return Result(outputs, moddir_fs, outdir, model, log)
+
+
+def up_to_date(moddir_fs: bytes, log: Log) -> bool:
+    """-A: no module file is newer (in whole seconds, as kmod 30..34.2) than modules.dep."""
+    try:
+        dep_mtime = int(os.stat(moddir_fs + b"/modules.dep").st_mtime)
+    except OSError as e:
+        log.error(f"could not fstatat({fs(moddir_fs)}, modules.dep): {e.strerror}")
+        return False
+    stack = [moddir_fs]
+    while stack:
+        d = stack.pop()
+        try:
+            entries = list(os.scandir(d))
+        except OSError as e:
+            log.error(f"could not open directory {fs(d)}: {e.strerror}")
+            return False
+        for ent in entries:
+            if ent.name in (b".", b"..", b"build", b"source"):
+                continue
+            try:
+                st = ent.stat()
+            except OSError:
+                continue
+            if ent.is_dir():
+                stack.append(ent.path)
+            elif is_module_name(ent.name):
+                if int(st.st_mtime) > dep_mtime:
+                    return False
+    return True

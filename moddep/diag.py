@@ -1,0 +1,50 @@
+"""Diagnostics collected by the pure pipeline; the CLI prints them (kmod's levels and format)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# syslog priorities, as kmod's tools/log.c uses them
+FATAL, ERROR, WARNING, NOTICE, INFO, DEBUG = 2, 3, 4, 5, 6, 7
+LEVEL_NAMES = {FATAL: "FATAL", ERROR: "ERROR", WARNING: "WARNING", NOTICE: "NOTICE",
+               INFO: "INFO", DEBUG: "DEBUG"}
+
+
+@dataclass(frozen=True)
+class Message:
+    level: int
+    text: str
+
+
+@dataclass
+class Log:
+    """An append-only list of messages (and of depmod -v's stdout lines), in emission order."""
+
+    messages: list[Message] = field(default_factory=list)
+    stdout: list[bytes] = field(default_factory=list)
+
+    def error(self, text: str) -> None:
+        self.messages.append(Message(ERROR, text))
+
+    def warning(self, text: str) -> None:
+        self.messages.append(Message(WARNING, text))
+
+    def notice(self, text: str) -> None:
+        self.messages.append(Message(NOTICE, text))
+
+    def info(self, text: str) -> None:
+        self.messages.append(Message(INFO, text))
+
+    def debug(self, text: str) -> None:
+        self.messages.append(Message(DEBUG, text))
+
+    def show(self, line: bytes) -> None:
+        """A line kmod writes to stdout with -v (``SHOW``)."""
+        self.stdout.append(line)
+
+
+def fs(path: bytes) -> str:
+    """A byte path for a message, without loss (surrogateescape)."""
+    import os
+
+    return os.fsdecode(path)

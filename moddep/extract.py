@@ -1,0 +1,56 @@
+"""Read one module file into :class:`~moddep.model.ModuleData` (the per-module unit of work).
+
+This runs once per module, possibly in worker processes, so it is a plain function of the
+file's bytes. Failures never escape: they become ``ModuleData.error`` with kmod's wording,
+because kmod keeps a module it cannot parse (with no symbols) and carries on.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from moddep.compression import DEFAULT_LIMIT, decompress
+from moddep.elf import ElfModule
+from moddep.errors import ModdepError
+from moddep.model import ModuleData
+
+
+def load_image(fspath: bytes, limit: int = DEFAULT_LIMIT) -> bytes:
+    """The (decompressed) ELF image of a module file."""
+    with open(fspath, "rb") as f:
+        data = f.read()
+    return decompress(data, fspath.decode(errors="surrogateescape"), limit)
+
+
+def parse_image(data: bytes, path: Optional[str] = None) -> ModuleData:
+    """Extract exports, required symbols and modinfo from an ELF image."""
+    try:
+        elf = ElfModule(data, path)
+    except ModdepError as e:
+        return ModuleData(error=str(e.message))
+    error = None
+    try:
+        exports = tuple(elf.exported_symbols())
+    except ModdepError as e:
+        exports, error = (), e.message
+    try:
+        modinfo = tuple(elf.modinfo())
+    except ModdepError:
+        modinfo = ()
+    try:
+        undefined = tuple(elf.undefined_symbols())
+    except ModdepError:
+        undefined = ()
+    return ModuleData(exports, undefined, modinfo, error)
+
+
+def read_module(fspath: bytes, limit: int = DEFAULT_LIMIT) -> ModuleData:
+    """:func:`load_image` then :func:`parse_image`; I/O and format errors become ``error``."""
+    path = fspath.decode(errors="surrogateescape")
+    try:
+        data = load_image(fspath, limit)
+    except OSError as e:
+        return ModuleData(error=e.strerror or str(e))
+    except ModdepError as e:
+        return ModuleData(error=e.message)
+    return parse_image(data, path)

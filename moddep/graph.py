@@ -1,0 +1,270 @@
+"""Module order, symbol ownership, dependencies and cycles (KMOD_NOTES §5, §7, §8).
+
+Pure functions over the scanned modules: they take module names/paths and per-module data and
+return the :class:`DepModel` every index writer reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+from moddep.compat import KmodGeneration
+from moddep.diag import Log, fs
+from moddep.errors import DependencyCycleError
+from moddep.kmodhash import MODULE_BUCKETS, SYMBOL_BUCKETS, hash_order_key
+from moddep.model import ModuleData
+from moddep.scan import ModuleFile
+
+# fgets(line, PATH_MAX) in depmod_modules_sort: longer lines arrive in pieces
+FGETS_MAX = 4095
+
+# Symbols kmod adds as "kernel" symbols when -E or -F is given, so that they never show up as
+# unknown (tools/depmod.c depmod_add_fake_syms); TOC. only when not already known.
+FAKE_SYMBOLS = (b"__this_module", b"_GLOBAL_OFFSET_TABLE_")
+
+
+def _fgets_lines(data: bytes) -> list[bytes]:
+    """Lines as successive fgets(…, PATH_MAX) calls return them (newline kept)."""
+    out = []
+    for line in data.splitlines(keepends=True):
+        while len(line) > FGETS_MAX:
+            out.append(line[:FGETS_MAX])
+            line = line[FGETS_MAX:]
+        out.append(line)
+    return out
+
+
+def module_order(files: dict[bytes, ModuleFile], order: Optional[bytes],
+                 order_path: str, gen: KmodGeneration, log: Log) -> list[ModuleFile]:
+    """The module array: name-hash order, then stably sorted by ``modules.order``.
+
+    ``order`` is the content of modules.order (None when missing: no sorting). A line without
+    its newline makes kmod report a corrupted line and skip the sort altogether.
+    """
+    mods = [files[n] for n in sorted(files, key=hash_order_key(MODULE_BUCKETS))]
+    if order is None:
+        return mods
+    by_unc = {m.uncrelpath: m for m in mods if m.uncrelpath is not None}
+    lines = _fgets_lines(order)
+    keys: dict[bytes, int] = {}
+    for n, raw in enumerate(lines, 1):
+        line = raw.split(b"\0", 1)[0]
+        if not line:
+            continue
+        if not line.endswith(b"\n"):
+            log.error(f"{order_path}:{n} corrupted line misses '\\n'")
+            return mods
+        m = by_unc.get(line[:-1])
+        if m is None:
+            continue
+        if gen.order_first_wins:
+            # kmod >= 34 (commits 19c0df1, a1186fa): first line wins, keys -count, -count+1...
+            keys.setdefault(m.name, -len(mods) + len(keys))
+        else:
+            # kmod <= 33: two passes, key = line - (lines + 1); the last line of a path wins
+            keys[m.name] = n - (len(lines) + 1)
+    if len(mods) > 1 or not gen.order_first_wins:
+        mods.sort(key=lambda m: keys.get(m.name, 1))
+    return mods
+
+
+@dataclass(frozen=True)
+class KernelSymbols:
+    """Symbols preloaded from Module.symvers (-E, with CRCs) or System.map (-F)."""
+
+    crcs: dict[bytes, int]
+    check_crcs: bool  # -E given: compare CRCs
+
+
+@dataclass(frozen=True)
+class DepModel:
+    """The resolved module set every output is generated from (array order throughout)."""
+
+    files: tuple[ModuleFile, ...]
+    data: tuple[ModuleData, ...]
+    deps: tuple[tuple[int, ...], ...]  # direct dependencies, sorted by dep order
+    closure: tuple[tuple[int, ...], ...]  # modules.dep line: all dependencies, sorted
+    symbols: tuple[tuple[bytes, int], ...]  # (symbol, owner index) in kmod hash order
+    via: dict[tuple[int, int], tuple[bytes, ...]]  # (user, provider) -> symbols used
+
+    @property
+    def names(self) -> list[bytes]:
+        return [f.name for f in self.files]
+
+
+def resolve(files: Sequence[ModuleFile], data: Sequence[ModuleData], *,
+            kernel: Optional[KernelSymbols], prefix: bytes, errsyms: bool,
+            verbose: bool, log: Log) -> DepModel:
+    """Symbol ownership, dependency edges, topological order and closures."""
+    n = len(files)
+    # name -> (owner index or -1 for the kernel, crc); a later hash_add replaces.
+    table: dict[bytes, tuple[int, int]] = {}
+    if kernel is not None:
+        for name, crc in kernel.crcs.items():
+            table[name] = (-1, crc)
+        for fake in FAKE_SYMBOLS:
+            table[fake] = (-1, 0)
+        table.setdefault(b"TOC.", (-1, 0))
+    plen = len(prefix)
+    for i, d in enumerate(data):
+        for name, crc in d.exports:
+            if plen and name.startswith(prefix):
+                name = name[plen:]
+            table[name] = (i, crc)
+
+    deps: list[list[int]] = [[] for _ in range(n)]
+    users = [0] * n
+    via: dict[tuple[int, int], list[bytes]] = {}
+    check = kernel is not None and kernel.check_crcs
+    for i, d in enumerate(data):
+        mine = deps[i]
+        for name, weak, crc in d.undefined:
+            key = name[1:] if name.startswith(b".") else name  # ppc64 ELFv1 dot symbols
+            if plen and key.startswith(prefix):
+                key = key[plen:]
+            hit = table.get(key)
+            if hit is None:
+                if errsyms and not weak:
+                    log.warning(f"{fs(files[i].fspath)} needs unknown symbol {fs(name)}")
+                continue
+            owner, kcrc = hit
+            if check and kcrc != crc and not weak and errsyms:
+                log.warning(f"{fs(files[i].fspath)} disagrees about version of symbol "
+                            f"{fs(name)}")
+            if owner < 0:
+                continue
+            edge = (i, owner)
+            used = via.get(edge)
+            if used is None:
+                via[edge] = [key]
+                mine.append(owner)
+                users[owner] += 1
+                if verbose:
+                    log.show(b'%s needs "%s": %s\n' % (files[i].fspath, key, files[owner].fspath))
+            else:
+                used.append(key)
+
+    dep_order = _toposort(deps, users, files, log)
+    sorted_deps = tuple(tuple(sorted(ds, key=dep_order.__getitem__)) for ds in deps)
+    closure = _closures(sorted_deps, dep_order)
+    owned = [(name, owner) for name, (owner, _crc) in table.items() if owner >= 0]
+    sym_key = hash_order_key(SYMBOL_BUCKETS)
+    owned.sort(key=lambda item: sym_key(item[0]))
+    return DepModel(tuple(files), tuple(data), sorted_deps, closure, tuple(owned),
+                    {k: tuple(v) for k, v in via.items()})
+
+
+def _toposort(deps: list[list[int]], users: list[int], files: Sequence[ModuleFile],
+              log: Log) -> list[int]:
+    """kmod's Kahn sort with a LIFO stack seeded in index order; raises on cycles."""
+    n = len(deps)
+    left = list(users)
+    stack = [i for i in range(n) if left[i] == 0]
+    order = [0] * n
+    k = 0
+    while stack:
+        m = stack.pop()
+        order[m] = k
+        k += 1
+        for d in deps[m]:
+            left[d] -= 1
+            if left[d] == 0:
+                stack.append(d)
+    if k < n:
+        lines, count = _report_cycles(deps, left, files)
+        raise DependencyCycleError(lines, count)
+    return order
+
+
+def _closures(deps: tuple[tuple[int, ...], ...], order: list[int]) -> tuple[tuple[int, ...], ...]:
+    """All (transitive) dependencies of each module, sorted by dependency order."""
+    n = len(deps)
+    memo: list[Optional[frozenset[int]]] = [None] * n
+    # Process deepest first: ascending users-first order means reverse dep order visits
+    # providers before their users.
+    for m in sorted(range(n), key=order.__getitem__, reverse=True):
+        acc: set[int] = set()
+        for d in deps[m]:
+            acc.add(d)
+            sub = memo[d]
+            if sub:
+                acc |= sub
+        memo[m] = frozenset(acc)
+    key = order.__getitem__
+    return tuple(tuple(sorted(s, key=key)) if s else () for s in memo)  # type: ignore[arg-type]
+
+
+def _report_cycles(deps: list[list[int]], left: list[int],
+                   files: Sequence[ModuleFile]) -> tuple[list[str], int]:
+    """kmod's depmod_report_cycles: the cycle lines it prints and the count of modules.
+
+    kmod's walk from a root re-enters cycles that do not contain the root forever (a known
+    hang in v30..v34.2); here a module already expanded from the same root is not expanded
+    again when that would loop, so the report always terminates.
+    """
+    roots = [i for i in range(len(deps)) if left[i] > 0]
+    visited = [False] * len(deps)
+    in_loops: set[int] = set()
+    lines: list[str] = []
+    while roots:
+        root = roots.pop(0)
+        # vertices: (module, parent vertex index)
+        verts: list[tuple[int, int]] = [(root, -1)]
+        stack = [0]
+        expanded: set[int] = set()
+        hazardous = _loops_without(root, deps)
+        while stack:
+            vi = stack.pop()
+            m = verts[vi][0]
+            if visited[m] and m == root:
+                path = []
+                p = verts[vi][1]
+                while p >= 0:
+                    path.append(verts[p][0])
+                    p = verts[p][1]
+                path.reverse()
+                for x in path:
+                    in_loops.add(x)
+                    if x in roots:
+                        roots.remove(x)
+                names = [files[x].name for x in path] + [files[m].name]
+                lines.append("Cycle detected: " + " -> ".join(fs(x) for x in names))
+                continue
+            visited[m] = True
+            if not deps[m]:
+                if m in roots:
+                    roots.remove(m)
+                continue
+            if hazardous and m in expanded:
+                continue
+            expanded.add(m)
+            for d in deps[m]:
+                verts.append((d, vi))
+                stack.append(len(verts) - 1)
+    return lines, len(in_loops)
+
+
+def _loops_without(root: int, deps: list[list[int]]) -> bool:
+    """Whether the graph reachable from ``root``, with ``root`` as a sink, has a cycle."""
+    state: dict[int, int] = {}  # 1 on path, 2 done
+    stack: list[tuple[int, int]] = [(root, 0)]
+    state[root] = 1
+    while stack:
+        m, i = stack[-1]
+        ds = deps[m]
+        if i < len(ds):
+            stack[-1] = (m, i + 1)
+            d = ds[i]
+            if d == root:
+                continue
+            s = state.get(d)
+            if s == 1:
+                return True
+            if s is None:
+                state[d] = 1
+                stack.append((d, 0))
+        else:
+            state[m] = 2
+            stack.pop()
+    return False

@@ -1,0 +1,81 @@
+"""kmod's hash table order (``shared/hash.c``), which fixes the order of two depmod outputs.
+
+depmod builds its module array by iterating a 512-bucket hash of module names, and writes
+``modules.symbols`` by iterating a 2048-bucket hash of symbol names. Iteration visits buckets
+0..n-1 and, inside a bucket, keys in ``strcmp`` order. The hash is Paul Hsieh's SuperFastHash,
+seeded with the key length and reading 16-bit words in the *host's* byte order; kmod on every
+common distro host is little endian, so we reproduce the little-endian order on any host.
+
+Order is therefore a pure function of the key set: ``sorted(keys, key=hash_order_key(n))``.
+Test vectors (checked against kmod's C code): ``a`` -> 0x115ea782, ``usbcore`` -> 0x923b1427.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Callable, Iterable
+
+MASK32 = 0xFFFFFFFF
+
+# Bucket counts used by tools/depmod.c (kmod 30..34): modules by name, symbols.
+MODULE_BUCKETS = 512
+SYMBOL_BUCKETS = 2048
+
+
+def superfasthash(key: bytes) -> int:
+    """32-bit SuperFastHash of ``key`` as kmod computes it on a little-endian host.
+
+    kmod 30 reads the third tail byte as plain ``char`` (signed on x86), kmod 34 as uint8; the
+    two differ only for bytes >= 0x80, which never occur in module or symbol names.
+    """
+    length = len(key)
+    h = length
+    rem = length & 3
+    nwords = (length >> 1) & ~1  # whole 4-byte blocks, as 16-bit word count
+    words = struct.unpack_from(f"<{nwords}H", key) if nwords else ()
+    for i in range(0, nwords, 2):
+        h = (h + words[i]) & MASK32
+        tmp = ((words[i + 1] << 11) ^ h) & MASK32
+        h = ((h << 16) & MASK32) ^ tmp
+        h = (h + (h >> 11)) & MASK32
+    pos = nwords * 2
+    if rem == 3:
+        h = (h + key[pos] + (key[pos + 1] << 8)) & MASK32
+        h ^= (h << 16) & MASK32
+        h ^= (key[pos + 2] << 18) & MASK32
+        h = (h + (h >> 11)) & MASK32
+    elif rem == 2:
+        h = (h + key[pos] + (key[pos + 1] << 8)) & MASK32
+        h ^= (h << 11) & MASK32
+        h = (h + (h >> 17)) & MASK32
+    elif rem == 1:
+        h = (h + key[pos]) & MASK32
+        h ^= (h << 10) & MASK32
+        h = (h + (h >> 1)) & MASK32
+    h ^= (h << 3) & MASK32
+    h = (h + (h >> 5)) & MASK32
+    h ^= (h << 4) & MASK32
+    h = (h + (h >> 17)) & MASK32
+    h ^= (h << 25) & MASK32
+    h = (h + (h >> 6)) & MASK32
+    return h
+
+
+def bucket(key: bytes, n_buckets: int) -> int:
+    """The bucket kmod puts ``key`` in (``n_buckets`` is a power of two)."""
+    return superfasthash(key) & (n_buckets - 1)
+
+
+def hash_order_key(n_buckets: int) -> Callable[[bytes], tuple[int, bytes]]:
+    """Sort key giving kmod's hash iteration order for unique byte-string keys."""
+    mask = n_buckets - 1
+
+    def key(k: bytes) -> tuple[int, bytes]:
+        return (superfasthash(k) & mask, k)
+
+    return key
+
+
+def iteration_order(keys: Iterable[bytes], n_buckets: int) -> list[bytes]:
+    """Unique ``keys`` in the order kmod's hash table of ``n_buckets`` iterates them."""
+    return sorted(set(keys), key=hash_order_key(n_buckets))

@@ -1,0 +1,201 @@
+"""Module discovery as kmod's depmod does it (``depmod_modules_search*``, KMOD_NOTES §4).
+
+The module directory is walked recursively in readdir order, then each external directory
+(last configured first). ``.``/``..``, ``build``, ``source`` and every ``exclude`` name are
+skipped at every depth; symlinks are followed (with loop protection kmod lacks). A file is a
+candidate when its name is longer than, and ends with, a module extension. Two files with the
+same module name are resolved by :func:`new_wins`.
+
+Paths are kept in two coordinates: ``kpath``, the path kmod would see (target-absolute in the
+default target-root mode, host path in kmod-compatible host mode), which decides priorities and
+what is written into the indexes; and ``fspath``, where the file really is on this machine.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from typing import Optional
+
+from moddep.compression import MODULE_EXTENSIONS
+from moddep.config.depmod_d import SEARCH_BUILTIN, SEARCH_EXTERNAL, DepmodConfig
+from moddep.diag import Log, fs
+from moddep.errors import ModdepError
+from moddep.modinfo import modname_normalize
+
+ALWAYS_SKIPPED = frozenset((b".", b"..", b"build", b"source"))
+
+
+@dataclass(frozen=True)
+class ModuleFile:
+    """One module file chosen by discovery."""
+
+    name: bytes  # normalised module name
+    kpath: bytes  # path as kmod sees it
+    fspath: bytes  # path on this machine
+    relpath: Optional[bytes]  # kpath relative to the module dir, None outside it
+    basename: bytes  # file name as spelled
+
+    @property
+    def display(self) -> bytes:
+        """What the indexes show: the relative path, or the absolute one outside the dir."""
+        return self.relpath if self.relpath is not None else self.kpath
+
+    @property
+    def uncrelpath(self) -> Optional[bytes]:
+        """The key modules.order lines are matched against (kmod's ``uncrelpath``).
+
+        The relative path's directory part plus as many bytes of the file name as the
+        normalised name has, plus ``.ko``: ``a/intel-uncore.ko.xz`` -> ``a/intel-uncore.ko``
+        (and kmod's quirk: ``foo.bar.ko`` -> ``foo.ba``).
+        """
+        if self.relpath is None:
+            return None
+        slash = self.relpath.rfind(b"/")
+        return self.relpath[:slash + 1 + len(self.name) + 3]
+
+
+def is_module_name(name: bytes) -> bool:
+    """kmod's path_ends_with_kmod_ext: longer than, and ending with, a module extension."""
+    for ext in MODULE_EXTENSIONS:
+        if len(name) > len(ext) and name.endswith(ext):
+            return True
+    return False
+
+
+def _starts_dir(path: bytes, prefix: bytes) -> bool:
+    """``path`` lies below directory ``prefix`` (kmod's depmod_is_path_starts_with)."""
+    return len(path) > len(prefix) and path[len(prefix)] == 0x2F and path.startswith(prefix)
+
+
+def new_wins(cfg: DepmodConfig, moddir: bytes, old: ModuleFile, new: ModuleFile) -> bool:
+    """Whether ``new`` replaces ``old`` (the inverse of depmod_module_is_higher_priority).
+
+    Overrides are checked newest first; then the search list from its lowest entry up, with
+    counter i (an ``external`` entry spends one i per external dir, lowest first); a path
+    matching nothing gets the ``built-in`` entry's i, or -1. Ties keep the old one. kmod quirk,
+    kept: when both paths are under the same search dir only the new one gets its priority
+    (an ``else if``), so the later-found file wins inside one search directory.
+    """
+    newrel = _prio_rel(new, moddir)
+    oldrel = _prio_rel(old, moddir)
+    for ov in reversed(cfg.overrides):
+        if newrel is not None and newrel == ov:
+            return True
+        if oldrel is not None and oldrel == ov:
+            return False
+    bprio = oldprio = newprio = -1
+    i = 0
+    for se in reversed(cfg.effective_searches):
+        if se.kind == SEARCH_BUILTIN:
+            bprio = i
+        elif se.kind == SEARCH_EXTERNAL:
+            for ext in reversed(cfg.externals):
+                if _starts_dir(new.kpath[:_stemlen(new)], ext):
+                    newprio = i
+                if _starts_dir(old.kpath[:_stemlen(old)], ext):
+                    oldprio = i
+                i += 1
+        else:
+            p = se.path
+            if newrel is not None and _starts_dir(newrel, p):
+                newprio = i
+            elif oldrel is not None and _starts_dir(oldrel, p):
+                oldprio = i
+        i += 1
+    if newprio < 0:
+        newprio = bprio
+    if oldprio < 0:
+        oldprio = bprio
+    return not newprio <= oldprio
+
+
+def _stemlen(m: ModuleFile) -> int:
+    """Length of kpath up to the directory part plus the normalised-name length."""
+    return len(m.kpath) - len(m.basename) + len(m.name)
+
+
+def _prio_rel(m: ModuleFile, moddir: bytes) -> Optional[bytes]:
+    """``reldir/stem`` compared with overrides (relative to the module dir), else None."""
+    if not m.kpath.startswith(moddir):
+        return None
+    return m.kpath[len(moddir) + 1:_stemlen(m)]
+
+
+class Scanner:
+    """Walks the module dir and external dirs, keeping the winning file per module name."""
+
+    def __init__(self, cfg: DepmodConfig, moddir_k: bytes, moddir_fs: bytes,
+                 ext_dirs: list[tuple[bytes, bytes]], log: Log) -> None:
+        self.cfg = cfg
+        self.moddir_k = moddir_k
+        self.moddir_fs = moddir_fs
+        self.ext_dirs = ext_dirs  # (kpath, fspath), walk order
+        self.log = log
+        self.skip = ALWAYS_SKIPPED | cfg.excludes
+        self.by_name: dict[bytes, ModuleFile] = {}
+
+    def run(self) -> dict[bytes, ModuleFile]:
+        try:
+            self._walk_top(self.moddir_k, self.moddir_fs)
+        except OSError as e:
+            self.log.error(f"could not open directory {fs(self.moddir_fs)}: {e.strerror}")
+            raise ModdepError(f"could not search modules: {e.strerror}") from None
+        for kdir, fsdir in self.ext_dirs:
+            try:
+                self._walk_top(kdir, fsdir)
+            except OSError as e:
+                self.log.error(f"could not open directory {fs(fsdir)}: {e.strerror}")
+        return self.by_name
+
+    def _walk_top(self, kdir: bytes, fsdir: bytes) -> None:
+        st = os.stat(fsdir)
+        it = os.scandir(fsdir)  # raises for a missing dir, as opendir does
+        self._walk(it, kdir + b"/", fsdir + b"/", {(st.st_dev, st.st_ino)})
+
+    def _walk(self, it: os._ScandirIterator[bytes], kbase: bytes, fsbase: bytes,
+              ancestors: set[tuple[int, int]]) -> None:
+        with it:
+            entries = list(it)
+        for entry in entries:
+            name = entry.name
+            if name in self.skip:
+                continue
+            try:
+                if entry.is_dir():
+                    is_dir = True
+                elif entry.is_file():
+                    is_dir = False
+                else:
+                    st = os.stat(entry.path)
+                    self.log.error(f"unsupported file type {fs(fsbase + name)}: "
+                                   f"{stat.S_IFMT(st.st_mode):o}")
+                    continue
+            except OSError as e:
+                self.log.error(f"fstatat({fs(fsbase)}, {fs(name)}): {e.strerror}")
+                continue
+            if is_dir:
+                try:
+                    st = entry.stat()
+                    key = (st.st_dev, st.st_ino)
+                    if key in ancestors:
+                        self.log.error(f"{fs(fsbase + name)}: symbolic link loop, skipped")
+                        continue
+                    sub = os.scandir(entry.path)
+                except OSError as e:
+                    self.log.error(f"openat({fs(fsbase)}, {fs(name)}, O_RDONLY): {e.strerror}")
+                    continue
+                self._walk(sub, kbase + name + b"/", fsbase + name + b"/", ancestors | {key})
+            elif is_module_name(name):
+                self._add(kbase + name, fsbase + name, name)
+
+    def _add(self, kpath: bytes, fspath: bytes, basename: bytes) -> None:
+        moddir = self.moddir_k
+        rel = kpath[len(moddir) + 1:] if _starts_dir(kpath, moddir) else None
+        mod = ModuleFile(modname_normalize(basename), kpath, fspath, rel, basename)
+        old = self.by_name.get(mod.name)
+        if old is not None and not new_wins(self.cfg, moddir, old, mod):
+            self.log.debug(f"Ignored lower priority: {fs(fspath)}, higher: {fs(old.fspath)}")
+            return
+        self.by_name[mod.name] = mod

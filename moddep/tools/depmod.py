@@ -1,0 +1,138 @@
+"""``depmod``: kmod's options with kmod's meaning, plus moddep's own (see --help)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from moddep import __version__, compat
+from moddep.depmod import Request, compute, is_version, module_dir_name, up_to_date
+from moddep.diag import DEBUG, ERROR, WARNING, Log
+from moddep.errors import DependencyCycleError, UsageError
+from moddep.parallel import extract_all
+from moddep.publish import publish
+from moddep.tools._common import Printer, run_guarded
+
+DESCRIPTION = """\
+Generate modules.dep, modules.alias, modules.symbols ... and their .bin indexes for the
+modules of kernel VERSION, byte-identical to kmod's depmod of the chosen generation.
+
+Differences from kmod, on purpose: with -b ROOT, depmod.d is read from ROOT (the target), not
+from the host, and 'external' directories are taken inside ROOT; --host-config restores kmod's
+behaviour. Files are fsynced and the whole set is published atomically.
+"""
+
+
+def parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=DESCRIPTION,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = p.add_argument
+    a("-a", "--all", action="store_true", help="probe all modules (default without FILES)")
+    a("-A", "--quick", action="store_true",
+      help="only rebuild if a module is newer than modules.dep")
+    a("-b", "--basedir", metavar="DIR", help="use DIR as the root (staged image)")
+    a("-o", "--outdir", metavar="DIR", help="write output under DIR instead of the root")
+    a("-m", "--moduledir", metavar="DIR",
+      help="module directory below the root (default: lib/modules, or usr/lib/modules if only "
+           "that exists)")
+    a("-C", "--config", metavar="PATH", action="append",
+      help="use PATH (file or directory) instead of the depmod.d directories; repeatable")
+    a("-e", "--errsyms", action="store_true", help="report unresolved symbols (needs -E or -F)")
+    a("-E", "--symvers", metavar="FILE", help="kernel symbols and CRCs from Module.symvers")
+    a("-F", "--filesyms", metavar="FILE", help="kernel symbols from System.map")
+    a("-n", "--show", "--dry-run", dest="show", action="store_true",
+      help="write the text indexes to stdout instead of files")
+    a("-P", "--symbol-prefix", metavar="C", help="architecture symbol prefix to strip")
+    a("-w", "--warn", action="store_true", help="warn on duplicate index entries")
+    a("-v", "--verbose", action="count", default=0, help="more messages (repeatable)")
+    a("-q", "--quiet", action="store_true", help="only errors")
+    a("-V", "--version", action="store_true", help="print the version and exit")
+    a("-u", "--unresolved-error", action="store_true", help=argparse.SUPPRESS)
+    a("-r", "--root", action="store_true", help=argparse.SUPPRESS)
+    a("--kmod-version", type=int, metavar="N",
+      help="kmod generation whose output to reproduce, 30..34 (default 34, or "
+           "$MODDEP_KMOD_VERSION); 30..33 write the older post-order .bin layout")
+    a("--host-config", action="store_true",
+      help="kmod's behaviour: read depmod.d and external dirs from the host, not the root")
+    a("-j", "--jobs", type=int, metavar="N", help="worker processes (default: all CPUs)")
+    a("--debug", action="store_true", help="show a traceback on errors")
+    a("args", nargs="*", metavar="[VERSION] [FILES...]")
+    return p
+
+
+def _abs(path: str) -> bytes:
+    return os.fsencode(os.path.abspath(path))
+
+
+def main(argv: list[str], prog: str = "depmod") -> int:
+    p = parser(prog)
+    try:
+        opts = p.parse_args(argv)
+    except SystemExit as e:
+        return 0 if e.code == 0 else 1
+    threshold = ERROR if opts.quiet else min(WARNING + opts.verbose, DEBUG)
+    printer = Printer(prog, threshold)
+    return run_guarded(prog, opts.debug, lambda: _run(opts, printer), printer)
+
+
+def _run(opts: argparse.Namespace, printer: Printer) -> int:
+    if opts.version:
+        print(f"moddep {__version__} (depmod compatible with kmod 30..34)\n+ZSTD +XZ +ZLIB")
+        return 0
+    gen = compat.from_environment(opts.kmod_version)
+    for flag, name in ((opts.unresolved_error, "-u"), (opts.root, "-r")):
+        if flag:
+            printer.message(WARNING, f"Ignored deprecated option {name}")
+    args = [os.fsencode(a) for a in opts.args]
+    if args:
+        if not is_version(args[0]):
+            raise UsageError(f"Bad version passed {os.fsdecode(args[0])}")
+        kver = args.pop(0)
+    else:
+        kver = os.fsencode(os.uname().release)
+    prefix = b""
+    if opts.symbol_prefix is not None:
+        if len(os.fsencode(opts.symbol_prefix)) != 1:
+            raise UsageError("-P only takes a single char")
+        prefix = os.fsencode(opts.symbol_prefix)
+    files = () if (opts.all or not args) else tuple(args)
+    req = Request(
+        kver=kver, gen=gen,
+        basedir=_abs(opts.basedir) if opts.basedir else b"",
+        outdir=_abs(opts.outdir) if opts.outdir else None,
+        moduledir=os.fsencode(opts.moduledir) if opts.moduledir else None,
+        config_paths=tuple(os.fsencode(c) for c in opts.config) if opts.config else None,
+        host_config=opts.host_config,
+        symvers=os.fsencode(opts.symvers) if opts.symvers else None,
+        sysmap=os.fsencode(opts.filesyms) if opts.filesyms else None,
+        errsyms=opts.errsyms, prefix=prefix, warn_dups=opts.warn,
+        verbose=opts.verbose > 0, files=files, text_only=opts.show,
+    )
+    log = Log()
+    if opts.quick:
+        if opts.show:
+            return 0
+        moddir = req.basedir + b"/" + module_dir_name(req) + b"/" + kver
+        uptodate = up_to_date(moddir, log)
+        printer.flush_log(log)
+        if uptodate:
+            return 0
+    try:
+        result = compute(req, lambda paths: extract_all(paths, opts.jobs), log)
+    except DependencyCycleError as e:
+        printer.flush_log(log)
+        for line in e.lines:
+            printer.message(ERROR, line)
+        printer.message(ERROR, e.message)
+        return 1
+    finally:
+        printer.flush_log(log)
+    if opts.show:
+        out = sys.stdout.buffer
+        for data in result.outputs.values():
+            out.write(data)
+        out.flush()
+        return 0
+    publish(os.fsdecode(result.outdir), result.outputs)
+    return 0
