@@ -11,7 +11,7 @@ from typing import Optional
 
 from moddep.compression import DEFAULT_LIMIT, decompress
 from moddep.elf import ElfModule
-from moddep.errors import ModdepError
+from moddep.errors import ElfError, ModdepError
 from moddep.model import ModuleData
 
 
@@ -26,22 +26,23 @@ def parse_image(data: bytes, path: Optional[str] = None) -> ModuleData:
     """Extract exports, required symbols and modinfo from an ELF image."""
     try:
         elf = ElfModule(data, path)
-    except ModdepError as e:
-        return ModuleData(error=str(e.message))
+    except ElfError as e:
+        return ModuleData(error=f"{e.errno_text} ({e.message})")
     error = None
     try:
-        exports = tuple(elf.exported_symbols())
-    except ModdepError as e:
-        exports, error = (), e.message
+        exports, crcs = elf.exported_symbols()
+    except ElfError as e:
+        exports, crcs, error = [], [], f"{e.errno_text} ({e.message})"
     try:
-        modinfo = tuple(elf.modinfo())
-    except ModdepError:
-        modinfo = ()
+        modinfo = elf.modinfo_raw()
+    except ElfError:
+        modinfo = b""
     try:
-        undefined = tuple(elf.undefined_symbols())
-    except ModdepError:
-        undefined = ()
-    return ModuleData(exports, undefined, modinfo, error)
+        undefined, weak, ucrcs = elf.undefined_symbols()
+    except ElfError:
+        undefined, weak, ucrcs = [], b"", []
+    return ModuleData(tuple(exports), tuple(crcs), tuple(undefined), weak, tuple(ucrcs),
+                      modinfo, error)
 
 
 def read_module(fspath: bytes, limit: int = DEFAULT_LIMIT) -> ModuleData:

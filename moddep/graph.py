@@ -6,7 +6,9 @@ return the :class:`DepModel` every index writer reads.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
+from itertools import compress
 from typing import Optional, Sequence
 
 from moddep.compat import KmodGeneration
@@ -108,7 +110,7 @@ def resolve(files: Sequence[ModuleFile], data: Sequence[ModuleData], *,
         table.setdefault(b"TOC.", (-1, 0))
     plen = len(prefix)
     for i, d in enumerate(data):
-        for name, crc in d.exports:
+        for name, crc in zip(d.exports, d.export_crcs):
             if plen and name.startswith(prefix):
                 name = name[plen:]
             table[name] = (i, crc)
@@ -117,33 +119,38 @@ def resolve(files: Sequence[ModuleFile], data: Sequence[ModuleData], *,
     users = [0] * n
     via: dict[tuple[int, int], list[bytes]] = {}
     check = kernel is not None and kernel.check_crcs
+    get = table.get
     for i, d in enumerate(data):
+        und = d.undefined
+        keys: Sequence[bytes] = und
+        if plen or any(k[:1] == b"." for k in und):
+            keys = [_lookup_key(k, prefix) for k in und]
+        hits = list(map(get, keys))
+        if errsyms:
+            weak = d.undefined_weak
+            for j in compress(range(len(hits)), map(operator.not_, hits)):
+                if not weak[j]:
+                    log.warning(f"{fs(files[i].fspath)} needs unknown symbol {fs(und[j])}")
         mine = deps[i]
-        for name, weak, crc in d.undefined:
-            key = name[1:] if name.startswith(b".") else name  # ppc64 ELFv1 dot symbols
-            if plen and key.startswith(prefix):
-                key = key[plen:]
-            hit = table.get(key)
-            if hit is None:
-                if errsyms and not weak:
-                    log.warning(f"{fs(files[i].fspath)} needs unknown symbol {fs(name)}")
-                continue
-            owner, kcrc = hit
-            if check and kcrc != crc and not weak and errsyms:
+        # only resolved symbols matter from here: iterate the hits alone
+        for j in compress(range(len(hits)), hits):
+            owner, kcrc = hits[j]  # type: ignore[misc]
+            if check and errsyms and kcrc != d.undefined_crcs[j] and not d.undefined_weak[j]:
                 log.warning(f"{fs(files[i].fspath)} disagrees about version of symbol "
-                            f"{fs(name)}")
+                            f"{fs(und[j])}")
             if owner < 0:
                 continue
             edge = (i, owner)
             used = via.get(edge)
             if used is None:
-                via[edge] = [key]
+                via[edge] = [keys[j]]
                 mine.append(owner)
                 users[owner] += 1
                 if verbose:
-                    log.show(b'%s needs "%s": %s\n' % (files[i].fspath, key, files[owner].fspath))
+                    log.show(b'%s needs "%s": %s\n' % (files[i].fspath, keys[j],
+                                                       files[owner].fspath))
             else:
-                used.append(key)
+                used.append(keys[j])
 
     dep_order = _toposort(deps, users, files, log)
     sorted_deps = tuple(tuple(sorted(ds, key=dep_order.__getitem__)) for ds in deps)
@@ -153,6 +160,15 @@ def resolve(files: Sequence[ModuleFile], data: Sequence[ModuleData], *,
     owned.sort(key=lambda item: sym_key(item[0]))
     return DepModel(tuple(files), tuple(data), sorted_deps, closure, tuple(owned),
                     {k: tuple(v) for k, v in via.items()})
+
+
+def _lookup_key(name: bytes, prefix: bytes) -> bytes:
+    """depmod_symbol_find: drop one leading ``.`` (ppc64 ELFv1 dot symbols), then the prefix."""
+    if name[:1] == b".":
+        name = name[1:]
+    if prefix and name.startswith(prefix):
+        name = name[len(prefix):]
+    return name
 
 
 def _toposort(deps: list[list[int]], users: list[int], files: Sequence[ModuleFile],

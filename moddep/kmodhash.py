@@ -32,12 +32,12 @@ def superfasthash(key: bytes) -> int:
     h = length
     rem = length & 3
     nwords = (length >> 1) & ~1  # whole 4-byte blocks, as 16-bit word count
-    words = struct.unpack_from(f"<{nwords}H", key) if nwords else ()
-    for i in range(0, nwords, 2):
-        h = (h + words[i]) & MASK32
-        tmp = ((words[i + 1] << 11) ^ h) & MASK32
-        h = ((h << 16) & MASK32) ^ tmp
-        h = (h + (h >> 11)) & MASK32
+    if nwords:
+        it = iter(struct.unpack_from(f"<{nwords}H", key))
+        for lo, hi in zip(it, it):
+            h = (h + lo) & MASK32
+            h = ((h << 16) ^ (hi << 11) ^ h) & MASK32
+            h = (h + (h >> 11)) & MASK32
     pos = nwords * 2
     if rem == 3:
         h = (h + key[pos] + (key[pos + 1] << 8)) & MASK32

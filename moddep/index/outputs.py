@@ -58,9 +58,8 @@ def _modinfo_lines(inp: Inputs, key: bytes, header: bytes, name_first: bool) -> 
     """``KEY value name`` (aliases) or ``KEY name value`` lines for every ``key`` value."""
     out = [header]
     for f, d in zip(inp.model.files, inp.model.data):
-        for k, v in d.modinfo:
-            if k == key:
-                out.append(b" ".join((k, f.name, v) if name_first else (k, v, f.name)) + b"\n")
+        for v in d.values(key):
+            out.append(b" ".join((key, f.name, v) if name_first else (key, v, f.name)) + b"\n")
     return b"".join(out)
 
 
@@ -118,9 +117,7 @@ def modules_devname(inp: Inputs) -> bytes:
         devname = None
         kind = b""
         major = minor = 0
-        for k, v in d.modinfo:
-            if k != b"alias":
-                continue
+        for v in d.values(b"alias"):
             if v.startswith(b"devname:"):
                 devname = v[8:]
             else:
@@ -186,9 +183,7 @@ def modules_dep_bin(inp: Inputs) -> bytes:
 def alias_entries(inp: Inputs) -> list[tuple[bytes, bytes, int]]:
     entries = []
     for i, (f, d) in enumerate(zip(inp.model.files, inp.model.data)):
-        for k, v in d.modinfo:
-            if k != b"alias":
-                continue
+        for v in d.values(b"alias"):
             key = alias_normalize(v)
             if key is None:
                 inp.log.warning(f"Unmatched bracket in {fs(v)}")
