@@ -103,7 +103,9 @@ def _read_symvers(path: bytes, prefix: bytes, log: Log) -> dict[bytes, int]:
         try:
             crc = int(ver, 16)
         except ValueError:
-            log.error(f"{fs(path)}:{n} Invalid symbol version {fs(ver)}: Invalid argument")
+            # kmod appends a stale errno text (%m) here; say what is wrong instead
+            log.error(f"{fs(path)}:{n} Invalid symbol version {fs(ver)}: not a hexadecimal "
+                      "number")
             continue
         if prefix and sym.startswith(prefix):
             sym = sym[len(prefix):]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from typing import Callable, TextIO
+from typing import Callable, Optional, TextIO
 
 from moddep.diag import DEBUG, ERROR, FATAL, LEVEL_NAMES, WARNING, Log
 from moddep.errors import ModdepError
@@ -14,14 +14,16 @@ from moddep.errors import ModdepError
 class Printer:
     """Prints ``prog: LEVEL: text`` for messages at or above the threshold (kmod's log.c)."""
 
-    def __init__(self, prog: str, threshold: int = WARNING, stream: TextIO = sys.stderr) -> None:
+    def __init__(self, prog: str, threshold: int = WARNING,
+                 stream: Optional[TextIO] = None) -> None:
         self.prog = prog
         self.threshold = threshold
         self.stream = stream
 
     def message(self, level: int, text: str) -> None:
         if level <= self.threshold:
-            self.stream.write(f"{self.prog}: {LEVEL_NAMES[level]}: {text}\n")
+            stream = self.stream or sys.stderr
+            stream.write(f"{self.prog}: {LEVEL_NAMES[level]}: {text}\n")
 
     def flush_log(self, log: Log) -> None:
         for m in log.messages:

@@ -1,0 +1,154 @@
+"""The ELF reader and per-module extraction, on synthetic modules of all four ELF variants."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import SymbolTableSection
+from kofactory import EM_SPARCV9, SHN_ABS, STB_GLOBAL, STT_REGISTER, VARIANTS, Module
+
+from moddep.compression import compress, decompress, detect
+from moddep.elf import ElfModule
+from moddep.errors import CompressionError, ElfError
+from moddep.extract import parse_image, read_module
+from moddep.modinfo import alias_normalize, modname_normalize, parse_modinfo, path_to_modname
+
+variants = pytest.mark.parametrize("bits,big", VARIANTS)
+
+
+@variants
+def test_exports_from_crc_symbols(bits: int, big: bool) -> None:
+    m = Module(bits=bits, big=big, exports=[(b"foo", 0x1234), (b"bar", 0xDEADBEEF)])
+    assert ElfModule(m.build()).exported_symbols() == ([b"foo", b"bar"], [0x1234, 0xDEADBEEF])
+
+
+@variants
+def test_crc_of_absolute_symbol_is_its_value(bits: int, big: bool) -> None:
+    m = Module(bits=bits, big=big, exports=[(b"foo", 0x55AA)], crc_mode="abs")
+    assert ElfModule(m.build()).exported_symbols() == ([b"foo"], [0x55AA])
+
+
+@variants
+def test_ksymtab_strings_fallback_without_crcs(bits: int, big: bool) -> None:
+    m = Module(bits=bits, big=big, ksymtab_strings=[b"", b"alpha", b"beta", b"NS"])
+    assert ElfModule(m.build()).exported_symbols() == ([b"alpha", b"beta", b"NS"], [0, 0, 0])
+
+
+def test_crc_symbols_win_over_ksymtab_strings() -> None:
+    m = Module(exports=[(b"foo", 1)], ksymtab_strings=[b"other"])
+    assert ElfModule(m.build()).exported_symbols()[0] == [b"foo"]
+
+
+def test_crc_out_of_section_is_all_ones() -> None:
+    m = Module(raw_symbols=[(b"__crc_far", STB_GLOBAL << 4, 3, 4096)])  # beyond __kcrctab
+    assert ElfModule(m.build()).exported_symbols() == ([b"far"], [0xFFFFFFFF])
+
+
+@variants
+def test_undefined_symbols_order_weak_and_versions(bits: int, big: bool) -> None:
+    m = Module(bits=bits, big=big, undefined=[(b"printk", False), (b"maybe", True),
+                                              (b"kfree", False)],
+               versions=[(b"module_layout", 7), (b"kfree", 3), (b"printk", 9), (b"kfree", 4)])
+    names, weak, crcs = ElfModule(m.build()).undefined_symbols()
+    # symtab order first with the first matching __versions CRC, then unmatched records
+    assert names == [b"printk", b"maybe", b"kfree", b"module_layout", b"kfree"]
+    assert weak == b"\x00\x01\x00\x00\x00"
+    assert crcs == [9, 0, 3, 7, 4]
+
+
+def test_sparc_register_symbols_are_skipped() -> None:
+    m = Module(machine=EM_SPARCV9, undefined=[(b"printk", False)],
+               raw_symbols=[(b"%g2", (STB_GLOBAL << 4) | STT_REGISTER, 0, 0)])
+    assert ElfModule(m.build()).undefined_symbols()[0] == [b"printk"]
+
+
+def test_versions_name_filling_whole_field() -> None:
+    long = b"x" * 56
+    m = Module(versions=[(long, 1)], undefined=[])
+    assert ElfModule(m.build()).versions() == ([long], [1])
+
+
+@variants
+def test_modinfo_split_on_nul_runs(bits: int, big: bool) -> None:
+    raw = b"\0\0alias=pci:v*\0\0\0softdep=pre: a\0noequals\0depends=\0last=x"
+    m = Module(bits=bits, big=big, modinfo_raw=raw)
+    assert ElfModule(m.build()).modinfo() == [
+        (b"alias", b"pci:v*"), (b"softdep", b"pre: a"), (b"noequals", b""), (b"depends", b""),
+        (b"last", b"x")]
+    assert parse_image(m.build()).values(b"alias") == [b"pci:v*"]
+
+
+@variants
+def test_matches_pyelftools(bits: int, big: bool) -> None:
+    m = Module(bits=bits, big=big, exports=[(b"e1", 5)], undefined=[(b"u1", False), (b"u2", True)],
+               defined=[b"local_fn"])
+    data = m.build()
+    elf = ELFFile(io.BytesIO(data))
+    symtab = elf.get_section_by_name(".symtab")
+    assert isinstance(symtab, SymbolTableSection)
+    undef = [s.name.encode() for s in symtab.iter_symbols()
+             if s["st_shndx"] == "SHN_UNDEF" and s.name]
+    assert ElfModule(data).undefined_symbols()[0] == undef
+    assert ElfModule(data).modinfo_raw() == elf.get_section_by_name(".modinfo").data()
+
+
+@pytest.mark.parametrize("data,errno_text", [
+    (b"", "Invalid argument"),
+    (b"\x7fEL", "Invalid argument"),
+    (b"MZ" + b"\0" * 100, "Exec format error"),
+    (b"\x7fELF\x03\x01" + b"\0" * 100, "Invalid argument"),
+])
+def test_bad_headers(data: bytes, errno_text: str) -> None:
+    with pytest.raises(ElfError) as e:
+        ElfModule(data, "x.ko")
+    assert e.value.errno_text == errno_text or len(data) < 16
+    assert "x.ko" in str(e.value)
+
+
+def test_truncated_at_every_length_never_crashes() -> None:
+    data = Module(exports=[(b"a", 1)], undefined=[(b"b", False)],
+                  modinfo=[(b"alias", b"x")]).build()
+    for n in range(0, len(data), 7):
+        md = parse_image(data[:n], "t.ko")
+        assert md.error is not None or md.modinfo_raw is not None
+
+
+def test_section_headers_outside_file() -> None:
+    data = bytearray(Module().build())
+    data[0x28:0x30] = (len(data) + 100).to_bytes(8, "little")  # e_shoff
+    with pytest.raises(ElfError, match="outside the file"):
+        ElfModule(bytes(data), "bad.ko")
+
+
+def test_read_module_reports_missing_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    assert read_module(str(tmp_path / "none.ko").encode()).error == "No such file or directory"
+
+
+@pytest.mark.parametrize("codec", ["xz", "zstd", "gzip"])
+def test_compressed_by_magic(codec: str) -> None:
+    data = Module(exports=[(b"z", 2)]).build()
+    packed = compress(data, codec)
+    assert detect(packed) is not None and detect(packed).name == codec  # type: ignore[union-attr]
+    assert decompress(packed) == data
+    with pytest.raises(CompressionError, match="truncated|does not decompress"):
+        decompress(packed[: len(packed) // 2], "m.ko")
+    with pytest.raises(CompressionError, match="beyond the limit"):
+        decompress(packed, "m.ko", limit=100)
+
+
+def test_unknown_content_is_read_as_is() -> None:
+    assert decompress(b"\x7fELFplain") == b"\x7fELFplain"
+
+
+def test_name_rules() -> None:
+    assert modname_normalize(b"foo-bar.ko.xz") == b"foo_bar"
+    assert path_to_modname(b"kernel/a/intel-uncore.ko") == b"intel_uncore"
+    assert alias_normalize(b"pci:v-[a-b]-x") == b"pci:v_[a-b]_x"
+    assert alias_normalize(b"a]b") is None and alias_normalize(b"a[b") is None
+    assert parse_modinfo(b"a=1=2\0\0b") == [(b"a", b"1=2"), (b"b", b"")]
+
+
+def test_shn_abs_constant() -> None:
+    assert SHN_ABS == 0xFFF1
