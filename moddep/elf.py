@@ -21,7 +21,7 @@ import operator
 import struct
 import sys
 from array import array
-from itertools import compress
+from itertools import accumulate, compress
 from typing import Optional
 
 from moddep.errors import ElfError
@@ -53,6 +53,9 @@ _SHENTSIZE = {ELFCLASS64: 64, ELFCLASS32: 40}
 _SYMSIZE = {ELFCLASS64: 24, ELFCLASS32: 16}
 # (name: index in u32 words, shndx: index in u16 words, info: byte offset, value: byte offset)
 _SYMCOLS = {ELFCLASS64: (0, 3, 4, 8), ELFCLASS32: (0, 7, 12, 4)}
+
+
+_FIRST = operator.itemgetter(0)
 
 
 class ElfModule:
@@ -90,17 +93,17 @@ class ElfModule:
         if shstrndx >= shnum:
             raise ElfError(f"section name table index {shstrndx} >= {shnum} sections", path)
         shdr = struct.Struct(self.endian + _SHDR[cls])
-        # (name, type, flags, offset, size) per section
-        self._shdrs = [t[:3] + t[4:6] for t in shdr.iter_unpack(
-            data[shoff:shoff + shnum * shentsize])]
+        # raw section headers: (name, type, flags, addr, offset, size, ...)
+        self._shdrs = list(shdr.iter_unpack(data[shoff:shoff + shnum * shentsize]))
         self._shoff = shoff
         self._shentsize = shentsize
-        _n, _t, _f, str_off, str_size = self._shdrs[shstrndx]
+        self._symtab_cache: Optional[tuple[bytes, int, bytes]] = None
+        str_off, str_size = self._shdrs[shstrndx][4:6]
         self._check_range(str_off, str_size, "section name table")
         if str_size == 0 or data[str_off + str_size - 1] != 0:
             raise ElfError("section name table is empty or not NUL-terminated", path)
         self._shstrtab = data[str_off:str_off + str_size]
-        self._names = [h[0] for h in self._shdrs]
+        self._names = list(map(_FIRST, self._shdrs))
         self._found: dict[bytes, int] = {}
         self._first_index: Optional[dict[int, int]] = None
 
@@ -141,7 +144,7 @@ class ElfModule:
         i = self.section_index(name)
         if not i:
             return None
-        _n, stype, flags, offset, size = self._shdrs[i]
+        _n, stype, flags, _addr, offset, size = self._shdrs[i][:6]
         return i, stype, flags, offset, size
 
     def section_header_offset(self, index: int) -> int:
@@ -186,6 +189,11 @@ class ElfModule:
 
     def _symtab(self) -> tuple[bytes, int, bytes]:
         """(.symtab bytes, entry count, .strtab bytes); raises ElfError if unusable."""
+        if self._symtab_cache is None:
+            self._symtab_cache = self._read_symtab()
+        return self._symtab_cache
+
+    def _read_symtab(self) -> tuple[bytes, int, bytes]:
         sym = self.section_header(b".symtab")
         strtab = self.section_header(b".strtab")
         if sym is None or strtab is None:
@@ -207,6 +215,20 @@ class ElfModule:
     def _shndx_column(self, symtab: bytes) -> array:
         step = _SYMSIZE[self.elfclass] // 2
         return self._words(symtab, "H")[_SYMCOLS[self.elfclass][1]::step]
+
+    def _undefined_indices(self, symtab: bytes, count: int) -> list[int]:
+        """Indices (from 1) of the symbols whose st_shndx is SHN_UNDEF.
+
+        The two bytes of st_shndx are taken as two byte columns and OR-ed as big integers;
+        the zero bytes of the result are the undefined symbols, found by a regex scan.
+        """
+        size = _SYMSIZE[self.elfclass]
+        off = _SYMCOLS[self.elfclass][1] * 2
+        lo = symtab[off::size]
+        hi = symtab[off + 1::size]
+        both = (int.from_bytes(lo, "little") | int.from_bytes(hi, "little")).to_bytes(
+            count, "little")
+        return zero_positions(both)[1:] if both[:1] == b"\0" else zero_positions(both)
 
     def _string(self, strtab: bytes, off: int) -> bytes:
         if off >= len(strtab):
@@ -261,7 +283,7 @@ class ElfModule:
         """The u32 at ``offset`` in section ``index``; all-ones when out of range (as kmod)."""
         if index >= len(self._shdrs):
             return 0xFFFFFFFF
-        _n, _t, _f, soff, ssize = self._shdrs[index]
+        soff, ssize = self._shdrs[index][4:6]
         pos = soff + offset
         if offset + 4 > ssize or pos + 4 > len(self.data):
             return 0xFFFFFFFF
@@ -272,23 +294,24 @@ class ElfModule:
         data = self.section_data(b"__versions")
         if not data or len(data) % VERSIONS_RECORD:
             return [], []
+        count = len(data) // VERSIONS_RECORD
         wide = self.elfclass == ELFCLASS64
-        width = 8 if wide else 4
-        find = data.find
-        field = VERSIONS_RECORD - width
-        ends = [find(b"\0", p, p + field) for p in range(width, len(data), VERSIONS_RECORD)]
-        if -1 in ends:  # a name filling its whole field has no NUL
-            ends = [e if e >= 0 else p + field
-                    for e, p in zip(ends, range(width, len(data), VERSIONS_RECORD))]
-        names = [data[p:e] for p, e in zip(range(width, len(data), VERSIONS_RECORD), ends)]
-        if wide:
-            words = self._words(data, "I")
-            lo = words[1::16] if self.big_endian else words[0::16]
-            hi = words[0::16] if self.big_endian else words[1::16]
-            crcs = [a | (b << 32) for a, b in zip(lo, hi)] if any(hi) else list(lo)
-        else:
-            crcs = list(self._words(data, "I")[0::16])
-        return names, crcs
+        # The CRC word heads each record: as u32 (ELF32) or u64 (ELF64) columns, one per
+        # VERSIONS_RECORD bytes. Zeroing that column leaves the names NUL-separated in one blob.
+        words = array("Q" if wide else "I")
+        words.frombytes(data)
+        step = VERSIONS_RECORD // words.itemsize
+        crcs = words[0::step]
+        if self._swap:
+            crcs.byteswap()
+        words[0::step] = array(words.typecode, bytes(count * words.itemsize))
+        # NUL runs -> one separator (symbol names never contain ASCII blanks)
+        names = words.tobytes().translate(_NUL_TO_BLANK).split()
+        if len(names) != count:  # an empty or odd name: read record by record instead
+            width = words.itemsize
+            names = [data[p:p + VERSIONS_RECORD - width].split(b"\0", 1)[0]
+                     for p in range(width, len(data), VERSIONS_RECORD)]
+        return names, crcs.tolist()
 
     def undefined_symbols(self) -> tuple[list[bytes], bytes, list[int]]:
         """Required symbols as ``kmod_elf_get_dependency_symbols`` lists them (§6.4).
@@ -301,9 +324,8 @@ class ElfModule:
         symtab, count, strtab = self._symtab()
         if not strtab.endswith(b"\0"):
             strtab += b"\0"
-        shndx = self._shndx_column(symtab)
         namecol = self._name_column(symtab)
-        und = list(compress(range(1, count), map(operator.not_, shndx[1:])))
+        und = self._undefined_indices(symtab, count)
         cls = self.elfclass
         info = symtab[_SYMCOLS[cls][2]::_SYMSIZE[cls]]
         if self.machine in (EM_SPARC, EM_SPARCV9):
@@ -331,6 +353,20 @@ class ElfModule:
             crcs += [vcrcs[k] for k in extra]
             weak += bytes(len(extra))
         return names, weak, crcs
+
+
+_NUL_TO_BLANK = bytes([0x20]) + bytes(range(1, 256))
+
+def zero_positions(data: bytes) -> list[int]:
+    """Offsets of the NUL bytes of ``data``, computed from the lengths of the pieces between
+    them (C-level: split, map, accumulate) rather than one byte at a time."""
+    pieces = data.split(b"\0")
+    del pieces[-1]
+    return list(accumulate(map(len, pieces), _plus_one))
+
+
+def _plus_one(total: int, length: int) -> int:  # accumulate step: previous NUL + 1 + length
+    return total + 1 + length
 
 
 # symbol st_info byte -> 1 if its binding is STB_WEAK
