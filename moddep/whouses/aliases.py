@@ -1,4 +1,4 @@
-"""The few depmod outputs who-uses reads: ``modules.alias``, ``modules.devname``, ``modules.builtin``.
+"""The depmod outputs who-uses reads: ``modules.alias``, ``modules.devname``, ``modules.builtin``.
 
 They are read as text from ``<root>/lib/modules/<release>/`` (release from
 ``<root>/proc/sys/kernel/osrelease``). Formats, as depmod writes them:
@@ -26,7 +26,8 @@ from typing import Optional
 
 from moddep.whouses.model import DevNum, module_name
 
-_DEVNAME = re.compile(r"^(?P<mod>\S+)\s+(?P<name>\S+)\s+(?P<kind>[cb])(?P<maj>\d+):(?P<min>\d+)\s*$")
+_DEVNAME = re.compile(
+    r"^(?P<mod>\S+)\s+(?P<name>\S+)\s+(?P<kind>[cb])(?P<maj>\d+):(?P<min>\d+)\s*$")
 
 
 def kernel_release(root: Path) -> Optional[str]:

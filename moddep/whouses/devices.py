@@ -80,7 +80,11 @@ class DeviceOwners:
         if dev not in self._cache:
             found: list[Owner] = []
             for source in SOURCES:
-                for owner in source(self, dev):
+                try:
+                    owners = source(self, dev)
+                except Denied:
+                    continue  # that source is unreadable for us; the others may answer
+                for owner in owners:
                     if all(o.module != owner.module for o in found):
                         found.append(owner)
             self._cache[dev] = tuple(found)

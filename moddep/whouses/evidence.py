@@ -141,6 +141,19 @@ def _comm(root: Path, pid: int) -> str:
     return (text or "?").rstrip("\n")
 
 
+def process_names(root: Path, pids: list[int]) -> dict[int, str]:
+    """``/proc/PID/comm`` of those of ``pids`` still running."""
+    names = {}
+    for pid in pids:
+        try:
+            text = read_text(root / "proc" / str(pid) / "comm")
+        except Denied:
+            text = None
+        if text:
+            names[pid] = text.rstrip("\n")
+    return names
+
+
 def _process_uses(root: Path, name: str, owners: DeviceOwners, device_of: DeviceOf,
                   notes: list[str]) -> list[ProcessUse]:
     found: list[ProcessUse] = []
@@ -244,10 +257,10 @@ def _mount_uses(root: Path, name: str, owners: DeviceOwners, tables: ModuleTable
         for lineno, line in enumerate(text.splitlines(), 1):
             parts = line.split()
             if len(parts) >= 3:
-                via = fs_provider_via(name, parts[2], tables)
-                if via:
+                fs_via = fs_provider_via(name, parts[2], tables)
+                if fs_via:
                     found.append(MountUse(parts[2], _unescape(parts[0]), _unescape(parts[1]),
-                                          0, via, f"/proc/mounts:{lineno}"))
+                                          0, fs_via, f"/proc/mounts:{lineno}"))
     return found
 
 
@@ -289,7 +302,11 @@ def _block_uses(root: Path, name: str, owners: DeviceOwners) -> list[BlockUse]:
         if text and text.strip():
             found.append(BlockUse(bname, f"bound to {text.strip()}", shown(root, backing)))
         holders = root / "sys/class/block" / bname / "holders"
-        for holder in listdir(holders):
+        try:
+            names = listdir(holders)
+        except Denied:
+            names = []
+        for holder in names:
             found.append(BlockUse(bname, f"held open by {holder}", shown(root, holders / holder)))
     if mine:
         try:

@@ -8,22 +8,21 @@ The pipeline that fills them lives in :mod:`moddep.whouses.evidence` (sysfs, pro
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import NamedTuple, Optional
+
+from moddep.modinfo import path_to_modname
 
 
 def module_name(name: str) -> str:
     """The kernel's spelling of a module name: ``-`` becomes ``_``, a ``.ko`` path its stem.
 
-    kmod normalises the same way (``modname_normalize`` in libkmod-util.c): the kernel keeps
-    ``KBUILD_MODNAME`` with underscores, so ``vhost-net`` and ``vhost_net`` are one module.
+    The one normalisation of the project (:func:`moddep.modinfo.path_to_modname`, kmod's
+    ``modname_normalize``), for text: the kernel keeps ``KBUILD_MODNAME`` with underscores,
+    so ``vhost-net`` and ``vhost_net`` are one module.
     """
-    base = name.rsplit("/", 1)[-1]
-    for suffix in (".ko.xz", ".ko.gz", ".ko.zst", ".ko"):
-        if base.endswith(suffix):
-            base = base[: -len(suffix)]
-            break
-    return base.replace("-", "_")
+    return os.fsdecode(path_to_modname(os.fsencode(name)))
 
 
 class DevNum(NamedTuple):
