@@ -10,23 +10,21 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Optional
 
+from moddep.cache import RunResult, run_key
 from moddep.compat import KmodGeneration
 from moddep.config import depmod_d
-from moddep.diag import Log, fs
+from moddep.diag import Log, Message, fs
 from moddep.errors import ModdepError
 from moddep.graph import DepModel, KernelSymbols, module_order, resolve
 from moddep.index.outputs import Inputs, generate
-from moddep.model import ModuleData
 from moddep.modinfo import modname_normalize
+from moddep.parallel import ModuleSource
 from moddep.scan import ModuleFile, Scanner, _starts_dir, is_module_name
 
 DEFAULT_MODULE_DIRS = (b"/lib/modules", b"/usr/lib/modules")
 VERSION_RE = re.compile(rb"\s*[+-]?\d+\.\s*[+-]?\d+")
-
-# extractor(list of fspaths) -> list of ModuleData, same order (serial, parallel or cached)
-Extractor = Callable[[Sequence[bytes]], list[ModuleData]]
 
 
 def is_version(arg: bytes) -> bool:
@@ -60,7 +58,7 @@ class Result:
     outputs: dict[str, bytes]
     moddir: bytes  # module dir on this machine (inputs)
     outdir: bytes  # where outputs go on this machine
-    model: DepModel
+    model: Optional[DepModel]  # None when served from the run cache
     log: Log = field(default_factory=Log)
 
 
@@ -74,13 +72,16 @@ def module_dir_name(req: Request) -> bytes:
     return DEFAULT_MODULE_DIRS[0].lstrip(b"/")
 
 
-def load_kernel_symbols(req: Request, log: Log) -> Optional[KernelSymbols]:
-    """-E Module.symvers (wins) or -F System.map; None without either."""
+def load_kernel_symbols(req: Request, log: Log) -> tuple[Optional[KernelSymbols], bytes]:
+    """-E Module.symvers (wins) or -F System.map, and the raw file (for the cache key)."""
     if req.symvers is not None:
-        return KernelSymbols(_read_symvers(req.symvers, req.prefix, log), True)
+        raw = _read_file(req.symvers)
+        return KernelSymbols(_read_symvers(req.symvers, raw, req.prefix, log), True), b"E" + raw
     if req.sysmap is not None:
-        return KernelSymbols(_read_system_map(req.sysmap, req.prefix, log), False)
-    return None
+        raw = _read_file(req.sysmap)
+        return KernelSymbols(_read_system_map(req.sysmap, raw, req.prefix, log), False), \
+            b"F" + raw
+    return None, b""
 
 
 def _read_file(path: bytes) -> bytes:
@@ -91,10 +92,10 @@ def _read_file(path: bytes) -> bytes:
         raise ModdepError(f"could not load {fs(path)}: {e.strerror}") from None
 
 
-def _read_symvers(path: bytes, prefix: bytes, log: Log) -> dict[bytes, int]:
+def _read_symvers(path: bytes, raw: bytes, prefix: bytes, log: Log) -> dict[bytes, int]:
     """Module.symvers lines ``crc sym where ...``; only ``where == vmlinux`` count."""
     out: dict[bytes, int] = {}
-    for n, line in enumerate(_read_file(path).splitlines(keepends=True), 1):
+    for n, line in enumerate(raw.splitlines(keepends=True), 1):
         f = line.replace(b"\t", b" ").split(b" ")
         f = [x for x in f if x]
         if len(f) < 3 or f[2] != b"vmlinux":
@@ -113,10 +114,10 @@ def _read_symvers(path: bytes, prefix: bytes, log: Log) -> dict[bytes, int]:
     return out
 
 
-def _read_system_map(path: bytes, prefix: bytes, log: Log) -> dict[bytes, int]:
+def _read_system_map(path: bytes, raw: bytes, prefix: bytes, log: Log) -> dict[bytes, int]:
     """System.map lines ``addr type name``: names ``__ksymtab_X`` export X."""
     out: dict[bytes, int] = {}
-    for n, line in enumerate(_read_file(path).splitlines(keepends=True), 1):
+    for n, line in enumerate(raw.splitlines(keepends=True), 1):
         parts = line.split(b" ", 2)
         if len(parts) < 3:
             log.error(f"{fs(path)}:{n}: invalid line: {fs(line)}")
@@ -175,36 +176,66 @@ def _read_optional(path: bytes, log: Log, what: str, where: bytes) -> Optional[b
         return None
 
 
-def compute(req: Request, extract: Extractor, log: Optional[Log] = None) -> Result:
-    """Run the pipeline; raises ModdepError for kmod's fatal cases (cycles, no module dir)."""
+def compute(req: Request, source: ModuleSource, log: Optional[Log] = None) -> Result:
+    """Run the pipeline; raises ModdepError for kmod's fatal cases (cycles, no module dir).
+
+    With a cache in ``source``, a run whose every input is unchanged (by content) returns the
+    stored outputs and replays the stored messages instead of recomputing.
+    """
     log = log if log is not None else Log()
     mdir = module_dir_name(req)
     moddir_fs = req.basedir + b"/" + mdir + b"/" + req.kver
     moddir_k = moddir_fs if req.host_config else b"/" + mdir + b"/" + req.kver
     outroot = req.outdir if req.outdir is not None else req.basedir
     outdir = outroot + b"/" + mdir + b"/" + req.kver
-    kernel = load_kernel_symbols(req, log)
+    kernel, kernel_raw = load_kernel_symbols(req, log)
     if req.errsyms and kernel is None:
         log.warning("-e needs -E or -F")
     files = discover(req, moddir_k, moddir_fs, log)
     by_name = {f.name: f for f in files}
     order = _read_optional(moddir_fs + b"/modules.order", log, "modules.order", moddir_fs)
     ordered = module_order(by_name, order, fs(moddir_fs) + "/modules.order", req.gen, log)
-    data = extract([m.fspath for m in ordered])
-    for m, d in zip(ordered, data):
-        if d.error is not None:
-            log.error(f"failed to load symbols from {fs(m.fspath)}: {d.error}")
-    model = resolve(ordered, data, kernel=kernel if kernel else None, prefix=req.prefix,
-                    errsyms=req.errsyms and kernel is not None, verbose=req.verbose, log=log)
     builtin = builtin_modinfo = None
     if not req.text_only:
         builtin = _read_optional(moddir_fs + b"/modules.builtin", log, "modules.builtin",
                                  moddir_fs)
         builtin_modinfo = _read_optional(moddir_fs + b"/modules.builtin.modinfo", log,
                                          "modules.builtin.modinfo", moddir_fs)
+    paths = [m.fspath for m in ordered]
+    keys = source.keys(moddir_fs, paths)
+    rkey = None
+    if keys is not None and source.cache is not None:
+        parts = [b"%d %r %r %r %r %r %r" % (req.gen.version, req.prefix, req.errsyms,
+                                            req.warn_dups, req.verbose, req.text_only,
+                                            req.host_config),
+                 kernel_raw, _opt(order), _opt(builtin), _opt(builtin_modinfo)]
+        for m, k in zip(ordered, keys):
+            parts += [m.kpath, m.relpath or b"\0", k]
+        rkey = run_key(parts)
+        hit = source.cache.load_run(rkey)
+        if hit is not None:
+            for level, text in hit.messages:
+                log.messages.append(Message(level, text))
+            log.stdout.extend(hit.stdout)
+            return Result(hit.outputs, moddir_fs, outdir, None, log)
+    first_msg, first_out = len(log.messages), len(log.stdout)
+    data = source.data(paths, keys, moddir_fs)
+    for m, d in zip(ordered, data):
+        if d.error is not None:
+            log.error(f"failed to load symbols from {fs(m.fspath)}: {d.error}")
+    model = resolve(ordered, data, kernel=kernel, prefix=req.prefix,
+                    errsyms=req.errsyms and kernel is not None, verbose=req.verbose, log=log)
     inputs = Inputs(model, req.gen, builtin, builtin_modinfo, req.warn_dups, log)
     outputs = generate(inputs, text_only=req.text_only)
+    if rkey is not None and source.cache is not None:
+        source.cache.save_run(rkey, RunResult(
+            outputs, [(m.level, m.text) for m in log.messages[first_msg:]],
+            log.stdout[first_out:]))
     return Result(outputs, moddir_fs, outdir, model, log)
+
+
+def _opt(data: Optional[bytes]) -> bytes:
+    return b"\0missing" if data is None else b"+" + data
 
 
 def up_to_date(moddir_fs: bytes, log: Log) -> bool:

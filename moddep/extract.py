@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import mmap
 import os
-from typing import Optional
+from typing import Optional, Union
 
 from moddep.compression import DEFAULT_LIMIT, decompress, detect
 from moddep.elf import ElfModule
@@ -24,7 +24,7 @@ def load_image(fspath: bytes, limit: int = DEFAULT_LIMIT) -> bytes:
     return decompress(data, fspath.decode(errors="surrogateescape"), limit)
 
 
-def _map(fspath: bytes) -> "bytes | mmap.mmap":
+def _map(fspath: bytes) -> Union[bytes, mmap.mmap]:
     """The file mapped read-only (only the pages of the sections read are touched), or its
     bytes when it is empty or cannot be mapped."""
     fd = os.open(fspath, os.O_RDONLY | os.O_CLOEXEC)

@@ -1,4 +1,4 @@
-"""Running :func:`moddep.extract.read_module` over many files, on several cores.
+"""Where module data comes from: extraction on several cores, and the content-keyed cache.
 
 Output never depends on the number of workers: results come back in input order.
 """
@@ -6,11 +6,15 @@ Output never depends on the number of workers: results come back in input order.
 from __future__ import annotations
 
 import os
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence, TypeVar
 
+from moddep.cache import Cache, content_key, stat_identity
 from moddep.compression import DEFAULT_LIMIT
 from moddep.extract import read_module
 from moddep.model import ModuleData
+
+T = TypeVar("T")
+Progress = Callable[[int, int], None]  # (done, total)
 
 # below this many files a process pool costs more than it saves
 MIN_PARALLEL = 64
@@ -24,26 +28,110 @@ def default_jobs() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _chunk(args: tuple[list[bytes], int]) -> list[ModuleData]:
-    paths, limit = args
-    return [read_module(p, limit) for p in paths]
+_WORK: Optional[Callable[[bytes], object]] = None
+
+
+def _chunk(paths: list[bytes]) -> list[object]:
+    assert _WORK is not None
+    return [_WORK(p) for p in paths]
+
+
+def map_files(fn: Callable[[bytes], T], paths: Sequence[bytes], jobs: int,
+              progress: Optional[Progress] = None) -> list[T]:
+    """``[fn(p) for p in paths]`` on ``jobs`` forked processes, in order."""
+    total = len(paths)
+    if jobs <= 1 or total < MIN_PARALLEL:
+        out = []
+        for i, p in enumerate(paths):
+            out.append(fn(p))
+            if progress and not i % 64:
+                progress(i, total)
+        return out
+    import multiprocessing
+
+    global _WORK
+    _WORK = fn  # inherited by the forked workers
+    # interleaved chunks balance big and small modules across workers
+    nchunks = min(total, jobs * 16)
+    chunks = [list(paths[i::nchunks]) for i in range(nchunks)]
+    results: list[Optional[T]] = [None] * total
+    done = 0
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(jobs) as pool:
+        for i, res in enumerate(pool.imap(_chunk, chunks)):
+            results[i::nchunks] = res  # type: ignore[assignment]
+            done += len(res)
+            if progress:
+                progress(done, total)
+    return results  # type: ignore[return-value]
+
+
+class ModuleSource:
+    """Module data for a list of files: extracted, or served from the cache by content."""
+
+    def __init__(self, jobs: Optional[int] = None, cache: Optional[Cache] = None,
+                 limit: int = DEFAULT_LIMIT, progress: Optional[Progress] = None) -> None:
+        self.jobs = default_jobs() if jobs is None else max(1, jobs)
+        self.cache = cache
+        self.limit = limit
+        self.progress = progress
+
+    def keys(self, moddir: bytes, paths: Sequence[bytes]) -> Optional[list[bytes]]:
+        """Content keys of ``paths`` (None without a cache); unchanged files are not read."""
+        if self.cache is None:
+            return None
+        known = self.cache.known_keys(moddir)
+        keys: list[Optional[bytes]] = []
+        ids = []
+        todo = []
+        for i, p in enumerate(paths):
+            try:
+                ident = stat_identity(os.stat(p))
+            except OSError:
+                ident = ()
+            ids.append(ident)
+            hit = known.get(p)
+            if hit is not None and ident and hit[0] == ident:
+                keys.append(hit[1])
+            else:
+                keys.append(None)
+                todo.append(i)
+        if todo:
+            limit = self.limit
+            fresh = map_files(lambda p: content_key(p, limit), [paths[i] for i in todo],
+                              self.jobs)
+            for i, k in zip(todo, fresh):
+                keys[i] = k
+            self.cache.save_keys(moddir, {p: (ident, k) for p, ident, k in
+                                          zip(paths, ids, keys) if ident and k})
+        return keys  # type: ignore[return-value]
+
+    def data(self, paths: Sequence[bytes], keys: Optional[Sequence[bytes]],
+             moddir: bytes = b"") -> list[ModuleData]:
+        """ModuleData of every path, in order (cached data reused, the new set stored)."""
+        out: list[Optional[ModuleData]] = [None] * len(paths)
+        todo = list(range(len(paths)))
+        pack: dict[bytes, ModuleData] = {}
+        if self.cache is not None and keys is not None:
+            pack = self.cache.load_pack(moddir)
+            todo = []
+            for i, k in enumerate(keys):
+                d = pack.get(k)
+                if d is None:
+                    todo.append(i)
+                else:
+                    out[i] = d
+        limit = self.limit
+        fresh = map_files(lambda p: read_module(p, limit), [paths[i] for i in todo], self.jobs,
+                          self.progress)
+        for i, d in zip(todo, fresh):
+            out[i] = d
+        if self.cache is not None and keys is not None and todo:
+            self.cache.save_pack(moddir, dict(zip(keys, out)))  # type: ignore[arg-type]
+        return out  # type: ignore[return-value]
 
 
 def extract_all(paths: Sequence[bytes], jobs: Optional[int] = None,
                 limit: int = DEFAULT_LIMIT) -> list[ModuleData]:
-    """ModuleData of every path, in order, using ``jobs`` processes (default: all CPUs)."""
-    jobs = default_jobs() if jobs is None else max(1, jobs)
-    if jobs == 1 or len(paths) < MIN_PARALLEL:
-        return [read_module(p, limit) for p in paths]
-    import multiprocessing
-
-    # interleaved chunks balance big and small modules across workers
-    nchunks = jobs * 8
-    chunks = [list(paths[i::nchunks]) for i in range(nchunks)]
-    ctx = multiprocessing.get_context("fork")
-    with ctx.Pool(jobs) as pool:
-        results = pool.map(_chunk, [(c, limit) for c in chunks], chunksize=1)
-    out: list[Optional[ModuleData]] = [None] * len(paths)
-    for i, res in enumerate(results):
-        out[i::nchunks] = res
-    return out  # type: ignore[return-value]
+    """ModuleData of every path, in order, without a cache."""
+    return ModuleSource(jobs, None, limit).data(paths, None)

@@ -273,7 +273,7 @@ def _apt_opts(suite: str, arch: str) -> list[str]:
         f"-oDir::State::status={d}/status",
         f"-oDir::Cache={d}/cache",
         f"-oDir::Cache::pkgcache={d}/cache/pkgcache.bin",
-        f"-oDir::Cache::srcpkgcache={d}/cache/srcpkgcache.bin",
+        "-oDir::Cache::srcpkgcache=",  # pkgcache.bin alone is enough
         f"-oDir::Etc::SourceList={d}/sources.list",
         f"-oDir::Etc::SourceParts={d}/empty",
         f"-oDir::Etc::Preferences={d}/empty/preferences",

@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
+from pathlib import Path
+from typing import Optional
 
 from moddep import __version__, compat
+from moddep.cache import Cache, default_dir
 from moddep.depmod import Request, compute, is_version, module_dir_name, up_to_date
 from moddep.diag import DEBUG, ERROR, WARNING, Log
 from moddep.errors import DependencyCycleError, UsageError
-from moddep.parallel import extract_all
+from moddep.parallel import ModuleSource, Progress
 from moddep.publish import publish
 from moddep.tools._common import Printer, run_guarded
 
@@ -56,6 +60,10 @@ def parser(prog: str) -> argparse.ArgumentParser:
     a("--host-config", action="store_true",
       help="kmod's behaviour: read depmod.d and external dirs from the host, not the root")
     a("-j", "--jobs", type=int, metavar="N", help="worker processes (default: all CPUs)")
+    a("--cache-dir", metavar="DIR",
+      help="re-run cache location (default: $MODDEP_CACHE_DIR, else $XDG_CACHE_HOME/moddep or "
+           "~/.cache/moddep); never inside the root")
+    a("--no-cache", action="store_true", help="do not read or write the re-run cache")
     a("--debug", action="store_true", help="show a traceback on errors")
     a("args", nargs="*", metavar="[VERSION] [FILES...]")
     return p
@@ -118,8 +126,10 @@ def _run(opts: argparse.Namespace, printer: Printer) -> int:
         printer.flush_log(log)
         if uptodate:
             return 0
+    source = ModuleSource(opts.jobs, _cache(opts, req, printer),
+                          progress=None if opts.quiet else progress_bar(prog_name(printer)))
     try:
-        result = compute(req, lambda paths: extract_all(paths, opts.jobs), log)
+        result = compute(req, source, log)
     except DependencyCycleError as e:
         printer.flush_log(log)
         for line in e.lines:
@@ -136,3 +146,46 @@ def _run(opts: argparse.Namespace, printer: Printer) -> int:
         return 0
     publish(os.fsdecode(result.outdir), result.outputs)
     return 0
+
+
+def prog_name(printer: Printer) -> str:
+    return printer.prog
+
+
+def _cache(opts: argparse.Namespace, req: Request, printer: Printer) -> Optional[Cache]:
+    """The cache to use, or None (--no-cache, or a location inside the target root)."""
+    if opts.no_cache or os.environ.get("MODDEP_NO_CACHE") == "1":
+        return None
+    where = opts.cache_dir or os.environ.get("MODDEP_CACHE_DIR")
+    directory = Path(where) if where else default_dir()
+    root = os.fsdecode(req.basedir)
+    if root and root != "/":
+        resolved = os.path.realpath(directory)
+        if resolved == os.path.realpath(root) or resolved.startswith(
+                os.path.realpath(root) + os.sep):
+            printer.message(WARNING, f"cache directory {directory} is inside the root "
+                                     f"{root}: not using a cache")
+            return None
+    return Cache(directory)
+
+
+def progress_bar(prog: str, delay: float = 1.0) -> Optional[Progress]:
+    """A progress bar on stderr for long runs (only when stderr is a terminal)."""
+    if not sys.stderr.isatty():
+        return None
+    start = time.monotonic()
+    shown = False
+
+    def show(done: int, total: int) -> None:
+        nonlocal shown
+        if time.monotonic() - start < delay and not shown:
+            return
+        shown = True
+        width = 30
+        filled = width * done // max(total, 1)
+        end = "\n" if done >= total else ""
+        sys.stderr.write(f"\r{prog}: [{'#' * filled}{' ' * (width - filled)}] "
+                         f"{done}/{total} modules{end}")
+        sys.stderr.flush()
+
+    return show
