@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from itertools import compress
 from typing import Optional, Sequence
 
+from moddep import kmodhash
 from moddep.compat import KmodGeneration
 from moddep.diag import Log, fs
 from moddep.errors import DependencyCycleError
-from moddep.kmodhash import MODULE_BUCKETS, SYMBOL_BUCKETS, hash_order_key
+from moddep.kmodhash import MODULE_BUCKETS, SYMBOL_BUCKETS
 from moddep.model import ModuleData
 from moddep.scan import ModuleFile
 
@@ -44,7 +45,8 @@ def module_order(files: dict[bytes, ModuleFile], order: Optional[bytes],
     ``order`` is the content of modules.order (None when missing: no sorting). A line without
     its newline makes kmod report a corrupted line and skip the sort altogether.
     """
-    mods = [files[n] for n in sorted(files, key=hash_order_key(MODULE_BUCKETS))]
+    names = list(files)
+    mods = [files[names[i]] for i in kmodhash.order(names, MODULE_BUCKETS)]
     if order is None:
         return mods
     by_unc = {m.uncrelpath: m for m in mods if m.uncrelpath is not None}
@@ -155,9 +157,8 @@ def resolve(files: Sequence[ModuleFile], data: Sequence[ModuleData], *,
     dep_order = _toposort(deps, users, files, log)
     sorted_deps = tuple(tuple(sorted(ds, key=dep_order.__getitem__)) for ds in deps)
     closure = _closures(sorted_deps, dep_order)
-    owned = [(name, owner) for name, (owner, _crc) in table.items() if owner >= 0]
-    sym_key = hash_order_key(SYMBOL_BUCKETS)
-    owned.sort(key=lambda item: sym_key(item[0]))
+    owned_all = [(name, owner) for name, (owner, _crc) in table.items() if owner >= 0]
+    owned = [owned_all[i] for i in kmodhash.order([n for n, _o in owned_all], SYMBOL_BUCKETS)]
     return DepModel(tuple(files), tuple(data), sorted_deps, closure, tuple(owned),
                     {k: tuple(v) for k, v in via.items()})
 

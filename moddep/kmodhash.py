@@ -13,7 +13,7 @@ Test vectors (checked against kmod's C code): ``a`` -> 0x115ea782, ``usbcore`` -
 from __future__ import annotations
 
 import struct
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 MASK32 = 0xFFFFFFFF
 
@@ -59,6 +59,69 @@ def superfasthash(key: bytes) -> int:
     h ^= (h << 25) & MASK32
     h = (h + (h >> 6)) & MASK32
     return h
+
+
+def superfasthash_many(keys: Sequence[bytes]) -> list[int]:
+    """:func:`superfasthash` of every key, computed for all keys of one length at once.
+
+    Each key of a length group gets a 64-bit lane of one big integer; the hash steps become a
+    few big-integer operations per round (values stay below 2**58 inside a lane, and every
+    right shift is masked back to 32 bits before it is combined, so lanes never mix).
+    """
+    out = [0] * len(keys)
+    groups: dict[int, list[int]] = {}
+    for i, k in enumerate(keys):
+        groups.setdefault(len(k), []).append(i)
+    for length, idx in groups.items():
+        n = len(idx)
+        blob = b"".join([keys[i] for i in idx])
+        m = int.from_bytes(b"\xff\xff\xff\xff\0\0\0\0" * n, "little")
+
+        def col(*offsets: int, blob: bytes = blob, length: int = length, n: int = n) -> int:
+            # lane j = bytes of key j at the given offsets, little endian
+            buf = bytearray(8 * n)
+            for lane_pos, off in enumerate(offsets):
+                buf[lane_pos::8] = blob[off::length]
+            return int.from_bytes(buf, "little")
+
+        h = int.from_bytes(length.to_bytes(8, "little") * n, "little")
+        pos = 0
+        for _ in range(length >> 2):
+            h = (h + col(pos, pos + 1)) & m
+            h = ((h << 16) ^ (col(pos + 2, pos + 3) << 11) ^ h) & m
+            h = (h + ((h >> 11) & m)) & m
+            pos += 4
+        rem = length & 3
+        if rem == 3:
+            h = (h + col(pos, pos + 1)) & m
+            h ^= (h << 16) & m
+            h ^= (col(pos + 2) << 18) & m
+            h = (h + ((h >> 11) & m)) & m
+        elif rem == 2:
+            h = (h + col(pos, pos + 1)) & m
+            h ^= (h << 11) & m
+            h = (h + ((h >> 17) & m)) & m
+        elif rem == 1:
+            h = (h + col(pos)) & m
+            h ^= (h << 10) & m
+            h = (h + ((h >> 1) & m)) & m
+        h ^= (h << 3) & m
+        h = (h + ((h >> 5) & m)) & m
+        h ^= (h << 4) & m
+        h = (h + ((h >> 17) & m)) & m
+        h ^= (h << 25) & m
+        h = (h + ((h >> 6) & m)) & m
+        lanes = struct.unpack(f"<{n}Q", h.to_bytes(8 * n, "little"))
+        for i, v in zip(idx, lanes):
+            out[i] = v
+    return out
+
+
+def order(keys: Sequence[bytes], n_buckets: int) -> list[int]:
+    """Indices of unique ``keys`` in kmod's hash iteration order for ``n_buckets``."""
+    mask = n_buckets - 1
+    hashes = superfasthash_many(keys)
+    return sorted(range(len(keys)), key=lambda i: (hashes[i] & mask, keys[i]))
 
 
 def bucket(key: bytes, n_buckets: int) -> int:

@@ -136,7 +136,22 @@ def _tmpnames(files: Mapping[str, bytes]) -> Iterator[tuple[str, str, bytes]]:
         yield f"{TMP_MARK}{name}.{pid}", name, data
 
 
+def _unchanged(dfd: int, files: Mapping[str, bytes]) -> bool:
+    """Whether every file already holds exactly this content (then nothing is written)."""
+    for name, data in files.items():
+        try:
+            fd = os.open(name, os.O_RDONLY, dir_fd=dfd)
+        except OSError:
+            return False
+        with os.fdopen(fd, "rb") as f:
+            if os.fstat(f.fileno()).st_size != len(data) or f.read() != data:
+                return False
+    return True
+
+
 def _publish(dfd: int, directory: str, files: Mapping[str, bytes]) -> None:
+    if _unchanged(dfd, files):
+        return
     pending = list(_tmpnames(files))
     written = []
     try:
