@@ -226,7 +226,7 @@ def compute(req: Request, source: ModuleSource, log: Optional[Log] = None) -> Re
     model = resolve(ordered, data, kernel=kernel, prefix=req.prefix,
                     errsyms=req.errsyms and kernel is not None, verbose=req.verbose, log=log)
     inputs = Inputs(model, req.gen, builtin, builtin_modinfo, req.warn_dups, log)
-    outputs = generate(inputs, text_only=req.text_only)
+    outputs = generate(inputs, text_only=req.text_only, jobs=source.jobs)
     if rkey is not None and source.cache is not None:
         source.cache.save_run(rkey, RunResult(
             outputs, [(m.level, m.text) for m in log.messages[first_msg:]],

@@ -135,3 +135,46 @@ def extract_all(paths: Sequence[bytes], jobs: Optional[int] = None,
                 limit: int = DEFAULT_LIMIT) -> list[ModuleData]:
     """ModuleData of every path, in order, without a cache."""
     return ModuleSource(jobs, None, limit).data(paths, None)
+
+
+def fork_join(tasks: Sequence[Callable[[], T]], jobs: int) -> list[T]:
+    """Run ``tasks`` and return their results in order, using up to ``jobs`` processes.
+
+    The parent runs the first share itself; each forked child runs its share on the memory
+    it inherited and sends the results back pickled. An exception in a child is re-raised here.
+    """
+    if jobs <= 1 or len(tasks) <= 1 or not hasattr(os, "fork"):
+        return [t() for t in tasks]
+    import pickle
+
+    nproc = min(jobs, len(tasks))
+    shares = [list(range(i, len(tasks), nproc)) for i in range(nproc)]
+    children = []
+    for share in shares[1:]:
+        rfd, wfd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child
+            os.close(rfd)
+            try:
+                payload: object = ("ok", [tasks[i]() for i in share])
+            except BaseException as e:  # noqa: BLE001 - sent to the parent
+                payload = ("error", e)
+            try:
+                with os.fdopen(wfd, "wb") as w:
+                    pickle.dump(payload, w, protocol=pickle.HIGHEST_PROTOCOL)
+            finally:
+                os._exit(0)
+        os.close(wfd)
+        children.append((pid, rfd, share))
+    results: list[Optional[T]] = [None] * len(tasks)
+    for i in shares[0]:
+        results[i] = tasks[i]()
+    for pid, rfd, share in children:
+        with os.fdopen(rfd, "rb") as r:
+            kind, value = pickle.load(r)
+        os.waitpid(pid, 0)
+        if kind == "error":
+            raise value
+        for i, v in zip(share, value):
+            results[i] = v
+    return results  # type: ignore[return-value]

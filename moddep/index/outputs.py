@@ -8,15 +8,16 @@ trie encoding lives in :mod:`moddep.index.trie`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
 from moddep.compat import KmodGeneration
-from moddep.diag import Log, fs
+from moddep.diag import Log, Message, fs
 from moddep.errors import IndexFormatError, ModdepError
 from moddep.graph import DepModel
 from moddep.index import trie
 from moddep.modinfo import alias_normalize, path_to_modname
+from moddep.parallel import fork_join
 
 ALIAS_HEADER = b"# Aliases extracted from modules themselves.\n"
 SOFTDEP_HEADER = b"# Soft dependencies extracted from modules themselves.\n"
@@ -302,11 +303,36 @@ OUTPUTS: tuple[Output, ...] = (
 )
 
 
-def generate(inp: Inputs, text_only: bool = False) -> dict[str, bytes]:
-    """Every output file of this kmod generation, in write order: name -> content."""
+# the costly generators (the two large tries) go first so that a second process takes them
+_HEAVY = ("modules.alias.bin", "modules.symbols.bin")
+
+
+def generate(inp: Inputs, text_only: bool = False, jobs: int = 1) -> dict[str, bytes]:
+    """Every output file of this kmod generation, in write order: name -> content.
+
+    With ``jobs`` > 1 the generators run in two processes; each has its own message list and
+    the lists are merged in write order, so output and messages never depend on ``jobs``.
+    """
+    todo = [o for o in OUTPUTS if o.since <= inp.gen.version and not (text_only and o.binary)]
+    heavy = [o for o in todo if o.name in _HEAVY]
+    light = [o for o in todo if o.name not in _HEAVY]
+
+    def run(group: list[Output]) -> Callable[[], list[tuple[bytes, list[Message]]]]:
+        def task() -> list[tuple[bytes, list[Message]]]:
+            out = []
+            for o in group:
+                log = Log()
+                out.append((o.generate(replace(inp, log=log)), log.messages))
+            return out
+        return task
+
+    groups = [light, heavy] if heavy and jobs > 1 else [todo]
+    done: dict[str, tuple[bytes, list[Message]]] = {}
+    for group, results in zip(groups, fork_join([run(g) for g in groups], jobs)):
+        done.update({o.name: r for o, r in zip(group, results)})
     out: dict[str, bytes] = {}
-    for o in OUTPUTS:
-        if o.since > inp.gen.version or (text_only and o.binary):
-            continue
-        out[o.name] = o.generate(inp)
+    for o in todo:
+        data, messages = done[o.name]
+        inp.log.messages.extend(messages)
+        out[o.name] = data
     return out
