@@ -21,7 +21,7 @@ from moddep.graph import DepModel, KernelSymbols, module_order, resolve
 from moddep.index.outputs import Inputs, generate
 from moddep.modinfo import modname_normalize
 from moddep.parallel import ModuleSource
-from moddep.scan import ModuleFile, Scanner, _starts_dir, is_module_name
+from moddep.scan import ModuleFile, Scanner, is_module_name, starts_dir
 
 DEFAULT_MODULE_DIRS = (b"/lib/modules", b"/usr/lib/modules")
 VERSION_RE = re.compile(rb"\s*[+-]?\d+\.\s*[+-]?\d+")
@@ -141,7 +141,7 @@ def discover(req: Request, moddir_k: bytes, moddir_fs: bytes, log: Log) -> list[
             # in target mode a listed path is a target path below the root
             kpath = path if req.host_config else _target_path(req, path)
             fspath = path if req.host_config or not kpath.startswith(b"/") else req.basedir + kpath
-            rel = kpath[len(moddir_k) + 1:] if _starts_dir(kpath, moddir_k) else None
+            rel = kpath[len(moddir_k) + 1:] if starts_dir(kpath, moddir_k) else None
             base = path.rpartition(b"/")[2]
             m = ModuleFile(modname_normalize(base), kpath, fspath, rel, base)
             if m.name in mods:

@@ -6,14 +6,14 @@ depmod builds its module array by iterating a 512-bucket hash of module names, a
 seeded with the key length and reading 16-bit words in the *host's* byte order; kmod on every
 common distro host is little endian, so we reproduce the little-endian order on any host.
 
-Order is therefore a pure function of the key set: ``sorted(keys, key=hash_order_key(n))``.
+Order is therefore a pure function of the key set (:func:`order`).
 Test vectors (checked against kmod's C code): ``a`` -> 0x115ea782, ``usbcore`` -> 0x923b1427.
 """
 
 from __future__ import annotations
 
 import struct
-from typing import Callable, Iterable, Sequence
+from typing import Sequence
 
 MASK32 = 0xFFFFFFFF
 
@@ -122,23 +122,3 @@ def order(keys: Sequence[bytes], n_buckets: int) -> list[int]:
     mask = n_buckets - 1
     hashes = superfasthash_many(keys)
     return sorted(range(len(keys)), key=lambda i: (hashes[i] & mask, keys[i]))
-
-
-def bucket(key: bytes, n_buckets: int) -> int:
-    """The bucket kmod puts ``key`` in (``n_buckets`` is a power of two)."""
-    return superfasthash(key) & (n_buckets - 1)
-
-
-def hash_order_key(n_buckets: int) -> Callable[[bytes], tuple[int, bytes]]:
-    """Sort key giving kmod's hash iteration order for unique byte-string keys."""
-    mask = n_buckets - 1
-
-    def key(k: bytes) -> tuple[int, bytes]:
-        return (superfasthash(k) & mask, k)
-
-    return key
-
-
-def iteration_order(keys: Iterable[bytes], n_buckets: int) -> list[bytes]:
-    """Unique ``keys`` in the order kmod's hash table of ``n_buckets`` iterates them."""
-    return sorted(set(keys), key=hash_order_key(n_buckets))

@@ -64,7 +64,7 @@ def is_module_name(name: bytes) -> bool:
     return False
 
 
-def _starts_dir(path: bytes, prefix: bytes) -> bool:
+def starts_dir(path: bytes, prefix: bytes) -> bool:
     """``path`` lies below directory ``prefix`` (kmod's depmod_is_path_starts_with)."""
     return len(path) > len(prefix) and path[len(prefix)] == 0x2F and path.startswith(prefix)
 
@@ -92,16 +92,16 @@ def new_wins(cfg: DepmodConfig, moddir: bytes, old: ModuleFile, new: ModuleFile)
             bprio = i
         elif se.kind == SEARCH_EXTERNAL:
             for ext in reversed(cfg.externals):
-                if _starts_dir(new.kpath[:_stemlen(new)], ext):
+                if starts_dir(new.kpath[:_stemlen(new)], ext):
                     newprio = i
-                if _starts_dir(old.kpath[:_stemlen(old)], ext):
+                if starts_dir(old.kpath[:_stemlen(old)], ext):
                     oldprio = i
                 i += 1
         else:
             p = se.path
-            if newrel is not None and _starts_dir(newrel, p):
+            if newrel is not None and starts_dir(newrel, p):
                 newprio = i
-            elif oldrel is not None and _starts_dir(oldrel, p):
+            elif oldrel is not None and starts_dir(oldrel, p):
                 oldprio = i
         i += 1
     if newprio < 0:
@@ -192,7 +192,7 @@ class Scanner:
 
     def _add(self, kpath: bytes, fspath: bytes, basename: bytes) -> None:
         moddir = self.moddir_k
-        rel = kpath[len(moddir) + 1:] if _starts_dir(kpath, moddir) else None
+        rel = kpath[len(moddir) + 1:] if starts_dir(kpath, moddir) else None
         mod = ModuleFile(modname_normalize(basename), kpath, fspath, rel, basename)
         old = self.by_name.get(mod.name)
         if old is not None and not new_wins(self.cfg, moddir, old, mod):

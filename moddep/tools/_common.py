@@ -48,6 +48,12 @@ def run_guarded(prog: str, debug: bool, body: Callable[[], int], printer: Printe
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as e:  # a bug: say so in one line; --debug shows where
+        if debug:
+            raise
+        printer.message(ERROR, f"internal error: {type(e).__name__}: {e} (run with --debug "
+                               "for a traceback)")
+        return 1
 
 
 def debug_requested(argv: list[str]) -> bool:

@@ -127,7 +127,7 @@ def _run(opts: argparse.Namespace, printer: Printer) -> int:
         if uptodate:
             return 0
     source = ModuleSource(opts.jobs, _cache(opts, req, printer),
-                          progress=None if opts.quiet else progress_bar(prog_name(printer)))
+                          progress=None if opts.quiet else progress_bar(printer.prog))
     try:
         result = compute(req, source, log)
     except DependencyCycleError as e:
@@ -146,10 +146,6 @@ def _run(opts: argparse.Namespace, printer: Printer) -> int:
         return 0
     publish(os.fsdecode(result.outdir), result.outputs)
     return 0
-
-
-def prog_name(printer: Printer) -> str:
-    return printer.prog
 
 
 def _cache(opts: argparse.Namespace, req: Request, printer: Printer) -> Optional[Cache]:
