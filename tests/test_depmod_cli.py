@@ -1,0 +1,117 @@
+"""depmod's command line: modes and options beyond the default full run."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+import synth
+from kofactory import Module
+from synth import KVER, make_tree
+
+from moddep.cli import main
+
+
+def _tree(root: Path, moddir: str = "lib/modules") -> Path:
+    mods = {"kernel/a.ko": Module(exports=[(b"fa", 1)], undefined=[(b"fb", False)],
+                                  modinfo=[(b"alias", b"x:a")]).build(),
+            "kernel/b.ko": Module(exports=[(b"fb", 2)]).build()}
+    d = make_tree(root, mods)
+    if moddir != "lib/modules":
+        target = root / moddir
+        target.parent.mkdir(parents=True, exist_ok=True)
+        (root / "lib/modules").rename(target)
+        return target / KVER
+    return d
+
+
+def test_usr_lib_modules_is_found(tmp_path: Path) -> None:
+    moddir = _tree(tmp_path, "usr/lib/modules")
+    assert main(["depmod", "-b", str(tmp_path), KVER]) == 0
+    assert b"kernel/a.ko: kernel/b.ko\n" in (moddir / "modules.dep").read_bytes()
+
+
+def test_moduledir_option(tmp_path: Path) -> None:
+    moddir = _tree(tmp_path, "opt/mods")
+    assert main(["depmod", "-b", str(tmp_path), "-m", "/opt/mods", KVER]) == 0
+    assert (moddir / "modules.dep").exists()
+
+
+def test_file_list_mode(tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    moddir = _tree(tmp_path)
+    a = str(moddir / "kernel/a.ko")
+    assert main(["depmod", "-n", "-b", str(tmp_path), KVER, a]) == 0
+    out = capsysbinary.readouterr().out
+    assert out.startswith(b"kernel/a.ko:\n# Aliases")  # only a: b.ko is not part of the run
+    assert main(["depmod", "-b", str(tmp_path), KVER, "relative.ko"]) == 1
+
+
+def test_quick_mode(tmp_path: Path) -> None:
+    moddir = _tree(tmp_path)
+    assert main(["depmod", "-b", str(tmp_path), KVER]) == 0
+    dep = moddir / "modules.dep"
+    old = time.time() - 100
+    os.utime(dep, (old, old))
+    for ko in (moddir / "kernel").iterdir():
+        os.utime(ko, (old - 100, old - 100))
+    before = dep.stat().st_mtime
+    assert main(["depmod", "-A", "-b", str(tmp_path), KVER]) == 0
+    assert dep.stat().st_mtime == before  # up to date: nothing rewritten
+    os.utime(moddir / "kernel/a.ko", None)
+    (moddir / "kernel/b.ko").write_bytes(Module(exports=[(b"fb", 3)], modinfo=[
+        (b"alias", b"new")]).build())
+    assert main(["depmod", "-A", "-b", str(tmp_path), KVER]) == 0
+    assert b"alias new b" in (moddir / "modules.alias").read_bytes()
+
+
+def test_errsyms_needs_symbol_source(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _tree(tmp_path)
+    assert main(["depmod", "-e", "-b", str(tmp_path), KVER]) == 0
+    assert "depmod: WARNING: -e needs -E or -F" in capsys.readouterr().err
+
+
+def test_verbose_prints_needs(tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    moddir = _tree(tmp_path)
+    assert main(["depmod", "-v", "-b", str(tmp_path), KVER]) == 0
+    out = capsysbinary.readouterr().out
+    assert out == b'%s needs "fb": %s\n' % (str(moddir / "kernel/a.ko").encode(),
+                                             str(moddir / "kernel/b.ko").encode())
+
+
+def test_missing_module_dir_is_fatal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["depmod", "-b", str(tmp_path), KVER]) == 1
+    assert "could not search modules" in capsys.readouterr().err
+
+
+def test_kmod_version_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    moddir = _tree(tmp_path)
+    monkeypatch.setenv("MODDEP_KMOD_VERSION", "30")
+    assert main(["depmod", "-b", str(tmp_path), KVER]) == 0
+    assert not (moddir / "modules.weakdep").exists()
+    monkeypatch.setenv("MODDEP_KMOD_VERSION", "29")
+    assert main(["depmod", "-b", str(tmp_path), KVER]) == 1
+
+
+def test_multicall_by_argv0(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["/usr/sbin/depmod", "-V"]) == 0
+    assert "moddep" in capsys.readouterr().out
+
+
+def test_outdir(tmp_path: Path) -> None:
+    _tree(tmp_path / "root")
+    out = tmp_path / "out"
+    assert main(["depmod", "-b", str(tmp_path / "root"), "-o", str(out), KVER]) == 0
+    assert (out / "lib/modules" / KVER / "modules.dep.bin").exists()
+    assert not (tmp_path / "root/lib/modules" / KVER / "modules.dep").exists()
+
+
+def test_jobs_do_not_change_output(tmp_path: Path) -> None:
+    root = tmp_path / "r"
+    make_tree(root, {f"kernel/m{i}.ko": Module(exports=[(b"s%d" % i, i)], undefined=[
+        (b"s%d" % (i // 2), False)], modinfo=[(b"alias", b"a%d" % i)]).build()
+        for i in range(100)})
+    one = synth.moddep(root, "-j1")
+    two = synth.moddep(root, "-j2")
+    assert one.files == two.files and one.stderr == two.stderr
