@@ -109,13 +109,41 @@ take ``reader="mmap"`` (default) or ``reader="stdio"``.
 * Dump (``modprobe -c``, ``Index.entries``): depth first, a node's values (in the reader's
   order) before its children, children in ascending character order; that is, keys in
   ascending byte order.
+
+fnmatch is called with flags 0 in the C locale (the tools never call setlocale): ``*`` and
+``?`` match ``/`` and leading dots, and a backslash escapes the next character (flags 0 does
+not include FNM_NOESCAPE). :func:`fnmatch` reproduces glibc's behaviour on bytes.
+
+Malformed files
+---------------
+libkmod reads offsets outside the file as "no node" and would loop forever on a cyclic file.
+This reader refuses them instead with :class:`~moddep.errors.IndexFormatError` saying which
+offset holds what and what was expected, and never recurses, so neither deep nor cyclic files
+can exhaust the stack or hang a walk.
 """
 
 from __future__ import annotations
 
+import gc
+import os
 import struct
 from bisect import bisect_left
-from typing import Dict, Iterable, Iterator, List, Literal, NoReturn, Optional, Set, Tuple, Union
+from contextlib import contextmanager
+from operator import itemgetter
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    Literal,
+    NoReturn,
+    Optional,
+    Set,
+    Tuple,
+    Union,
+)
 
 from moddep.errors import IndexFormatError
 
@@ -133,6 +161,8 @@ __all__ = [
     "WILDCARDS",
     "Layout",
     "Reader",
+    "Entry",
+    "Values",
     "encode",
     "Index",
     "fnmatch",
@@ -166,195 +196,233 @@ _pack_u32 = _U32.pack
 _unpack_u32 = _U32.unpack_from
 
 Entry = Tuple[bytes, bytes, int]
+"""One index entry: ``(key, value, priority)``."""
 Values = List[Tuple[bytes, int]]
+"""A lookup result: ``(value, priority)`` pairs in libkmod's order."""
 
 
 # --- encoder ---------------------------------------------------------------------------------
 
+_II = struct.Struct(">II")
+_first = itemgetter(0)
+_second = itemgetter(1)
+_third = itemgetter(2)
+_REF_TABLES = [struct.Struct(f">{n}I") for n in range(CHILD_MAX + 1)]  # by child count
 
-def _check_string(what: str, s: bytes, key: bytes) -> None:
-    """Explain why ``s`` (a key or value) cannot be stored; called only when it cannot."""
-    if b"\0" in s:
-        raise IndexFormatError(
-            f"index {what} {s!r} (key {key!r}) contains a NUL byte at position {s.index(0)}: "
-            "keys and values are NUL-terminated strings"
-        )
-    for pos, ch in enumerate(s):
-        if ch >= CHILD_MAX:
-            # kmod >= 34 dies with "bad character ... only 7-bit ASCII is supported";
-            # kmod 30 does not detect it (signed char) and misbehaves. Callers decide.
+
+def _entry_error(key: object, value: object, priority: object) -> None:
+    """Raise the precise error for an entry that cannot be stored (if it cannot)."""
+    if type(key) is not bytes or type(value) is not bytes:
+        raise TypeError(f"index keys and values must be bytes, got {key!r} -> {value!r}")
+    for what, s in (("key", key), ("value", value)):
+        if b"\0" in s:
             raise IndexFormatError(
-                f"index {what} {s!r} (key {key!r}) has byte 0x{ch:02x} at position {pos}: "
-                "only 7-bit ASCII is supported"
+                f"index {what} {s!r} (key {key!r}) contains a NUL byte at position "
+                f"{s.index(0)}: keys and values are NUL-terminated strings"
             )
+        for pos, ch in enumerate(s):
+            if ch >= CHILD_MAX:
+                # kmod >= 34 dies with "bad character ... only 7-bit ASCII is supported";
+                # kmod 30 does not notice (it tests a signed char). Callers decide.
+                raise IndexFormatError(
+                    f"index {what} {s!r} (key {key!r}) has byte 0x{ch:02x} at position "
+                    f"{pos}: only 7-bit ASCII is supported"
+                )
+    if type(priority) is not int or not 0 <= priority <= _MAX_PRIORITY:
+        raise ValueError(f"index priority {priority!r} for key {key!r} is not an unsigned "
+                         "32-bit integer")
 
 
-def _insert_value(values: List[Tuple[int, bytes]], priority: int, value: bytes) -> None:
-    """Insert before the first value whose priority is >= ``priority`` (kmod's rule)."""
-    i = 0
-    n = len(values)
-    while i < n and values[i][0] < priority:
-        i += 1
-    values.insert(i, (priority, value))
-
-
-def _common_prefix_end(a: bytes, b: bytes, start: int) -> int:
-    """Length of the common prefix of ``a`` and ``b``, knowing they agree before ``start``."""
-    lo = start
-    hi = min(len(a), len(b))
-    while lo < hi:
-        mid = (lo + hi + 1) >> 1
-        if a[lo:mid] == b[lo:mid]:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
+def _values_blob(values: List[Tuple[int, bytes]]) -> bytes:
+    """The encoded value list of one node: count, then (priority, value NUL) each."""
+    if len(values) == 1:
+        priority, value = values[0]
+        return _II.pack(1, priority) + value + b"\0"
+    parts = [_pack_u32(len(values))]
+    for priority, value in values:
+        parts.append(_pack_u32(priority))
+        parts.append(value)
+        parts.append(b"\0")
+    return b"".join(parts)
 
 
 def encode(entries: Iterable[Entry], layout: str = "pre") -> bytes:
     """Encode ``(key, value, priority)`` entries as a ``.bin`` index file.
 
-    ``entries`` come in depmod's insertion order (it decides the order of equal-priority
-    values; duplicates are stored again). ``layout`` is ``"pre"`` (kmod >= 34) or ``"post"``
-    (kmod 30..33). Keys and values must be bytes of 7-bit ASCII without NUL, priorities
-    unsigned 32-bit integers; otherwise :class:`IndexFormatError` (bad bytes, size overflow),
-    ``TypeError`` or ``ValueError`` (bad argument types or ranges) is raised.
+    ``entries`` come in depmod's insertion order, which decides the order of equal-priority
+    values; duplicates are stored again. ``layout`` is ``"pre"`` (kmod >= 34) or ``"post"``
+    (kmod 30..33). Keys and values must be 7-bit ASCII bytes without NUL
+    (:class:`IndexFormatError` otherwise), priorities unsigned 32-bit integers
+    (``ValueError``); other types raise ``TypeError``.
     """
     if layout not in ("pre", "post"):
         raise ValueError(f"unknown index layout {layout!r}: expected 'pre' or 'post'")
+    items = entries if isinstance(entries, list) else list(entries)
 
-    # Group values per key, ordered by kmod's insertion rule.
-    groups: Dict[bytes, List[Tuple[int, bytes]]] = {}
-    for key, value, priority in entries:
-        if type(key) is not bytes or type(value) is not bytes:
-            raise TypeError(f"index keys and values must be bytes, got {key!r} -> {value!r}")
-        if not (key.isascii() and value.isascii()) or b"\0" in key or b"\0" in value:
-            _check_string("key", key, key)
-            _check_string("value", value, key)
-        if not 0 <= priority <= _MAX_PRIORITY:
-            raise ValueError(f"index priority {priority} for key {key!r} is not an unsigned "
-                             "32-bit integer")
-        existing = groups.get(key)
-        if existing is None:
-            groups[key] = [(priority, value)]
-        else:
-            _insert_value(existing, priority, value)
+    # Check every string and priority at once; find the culprit only when something is off.
+    try:
+        keys_ok = b"".join(map(_first, items))
+        values_ok = b"".join(map(_second, items))
+        fine = (keys_ok.isascii() and values_ok.isascii() and b"\0" not in keys_ok
+                and b"\0" not in values_ok
+                and (not items or (min(map(_third, items)) >= 0
+                                   and max(map(_third, items)) <= _MAX_PRIORITY)))
+    except TypeError:
+        fine = False
+    if not fine:
+        for key, value, priority in items:
+            _entry_error(key, value, priority)
 
-    # Build the canonical trie in pre-order: node ids are assigned in pre-order, which for a
-    # trie with children in ascending order is the order of the sorted keys.
+    if not items:
+        return _HEADER.pack(MAGIC, VERSION, HEADER_SIZE)
+    with _gc_paused():
+        # Each key's values, ordered by kmod's insertion rule: a new value goes before the
+        # first value whose priority is >= its own.
+        groups: Dict[bytes, List[Tuple[int, bytes]]] = {}
+        for key, value, priority in items:
+            existing = groups.get(key)
+            if existing is None:
+                groups[key] = [(priority, value)]
+            else:
+                i = 0
+                while i < len(existing) and existing[i][0] < priority:
+                    i += 1
+                existing.insert(i, (priority, value))
+        return _encode_groups(groups, layout)
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector. The encoder allocates a few small containers per
+    key, none in a cycle; left running, the collector would rescan them (and the rest of the
+    heap) many times over, which doubles the encoding time of a 30000-key index."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _encode_groups(groups: Dict[bytes, List[Tuple[int, bytes]]], layout: str) -> bytes:
+    """Encode the value lists of distinct keys (already ordered) in the given layout."""
     keys = sorted(groups)
-    prefixes: List[bytes] = []
-    blobs: List[bytes] = []  # encoded value list, b"" when none
-    kids: List[List[Tuple[int, int]]] = []  # (character, child id), ascending
-    # Work items: keys[lo:hi] share their first `depth` bytes; `parent` < 0 for the root.
-    stack: List[Tuple[int, int, int, int, int]] = [(0, len(keys), 0, -1, 0)]
-    while stack:
-        lo, hi, depth, parent, edge = stack.pop()
-        node_id = len(prefixes)
-        kids.append([])
-        if parent >= 0:
-            kids[parent].append((edge, node_id))
-        if lo == hi:  # only for the root of an empty index
-            prefixes.append(b"")
-            blobs.append(b"")
-            continue
-        first = keys[lo]
-        if parent < 0:
-            end = 0  # the root is never given a prefix
-        elif hi - lo == 1:
-            end = len(first)
-        else:
-            end = _common_prefix_end(first, keys[hi - 1], depth)
-        prefixes.append(first[depth:end])
-        if len(first) == end:
-            values = groups[first]
-            parts = [_pack_u32(len(values))]
-            for priority, value in values:
-                parts.append(_pack_u32(priority))
-                parts.append(value)
-                parts.append(b"\0")
-            blobs.append(b"".join(parts))
-            lo += 1
-        else:
-            blobs.append(b"")
-        if lo < hi:
-            base = first[:end]
-            runs = []
-            i = lo
-            while i < hi:
-                ch = keys[i][end]
-                j = bisect_left(keys, base + bytes((ch + 1,)), i + 1, hi)
-                runs.append((i, j, end + 1, node_id, ch))
-                i = j
-            runs.reverse()  # popped in ascending character order
-            stack.extend(runs)
+    blobs = [_values_blob(groups[k]) for k in keys]
+    # Keys as big-endian integers, to find common prefixes by XOR (keys have no NUL, so
+    # padding the shorter key with zero bytes makes it differ right where it ends).
+    numbers = [int.from_bytes(k, "big") for k in keys]
 
-    count = len(prefixes)
-    sizes = [0] * count
-    flags = [0] * count
-    for node_id in range(count):
-        size = 0
-        flag = 0
-        prefix = prefixes[node_id]
-        if prefix:
-            size += len(prefix) + 1
-            flag |= FLAG_PREFIX
-        children = kids[node_id]
+    # Build the canonical trie in one pass over the sorted keys, keeping the path to the
+    # previous key on a stack. A key that first differs from the previous one at `depth`
+    # closes the nodes below that depth, splits the node whose prefix `depth` falls into, and
+    # hangs a new leaf off the node ending at `depth`. Nodes close children first, in
+    # ascending order: that is post-order.
+    # A node is a list: [0] start and [1] end of its prefix within key number [2] (the edge
+    # character leading to the node is at start - 1), [3] value blob, [4] children as
+    # (character, node) ascending, then, once sized, [5] encoded size, [6] size of its
+    # subtree, [7] flags and [8] offset.
+    post: List[List[Any]] = []
+    close = post.append
+    root: List[Any] = [0, 0, 0, b"", [], 0, 0, 0, 0]
+    stack = [root]
+    first = 0
+    if keys[0] == b"":  # the empty key's values live in the root
+        root[3] = blobs[0]
+        first = 1
+    prev_len = 0
+    prev_number = 0
+    for i in range(first, len(keys)):
+        key = keys[i]
+        key_len = len(key)
+        number = numbers[i]
+        if key_len >= prev_len:
+            width = key_len
+            diff = number ^ (prev_number << ((key_len - prev_len) << 3))
+        else:
+            width = prev_len
+            diff = (number << ((prev_len - key_len) << 3)) ^ prev_number
+        depth = width - ((diff.bit_length() + 7) >> 3)
+        top = stack[-1]
+        if top[1] > depth:
+            last = stack.pop()
+            top = stack[-1]
+            while top[1] > depth:
+                close(last)
+                last = stack.pop()
+                top = stack[-1]
+            if top[1] < depth:
+                # `depth` falls inside last's prefix: a new node takes over its start.
+                mid: List[Any] = [last[0], depth, i, b"", [(keys[i - 1][depth], last)],
+                                  0, 0, 0, 0]
+                last[0] = depth + 1
+                top[4][-1] = (top[4][-1][0], mid)
+                stack.append(mid)
+                top = mid
+            close(last)
+        leaf: List[Any] = [depth + 1, key_len, i, blobs[i], [], 0, 0, 0, 0]
+        top[4].append((key[depth], leaf))
+        stack.append(leaf)
+        prev_len = key_len
+        prev_number = number
+    while stack:
+        close(stack.pop())
+
+    # Sizes and flags, children before parents.
+    for node in post:
+        start, end, _, blob, children, _, _, _, _ = node
+        size = len(blob)
+        flags = FLAG_VALUES if size else 0
+        if end > start:
+            size += end - start + 1
+            flags |= FLAG_PREFIX
         if children:
             size += 2 + 4 * (children[-1][0] - children[0][0] + 1)
-            flag |= FLAG_CHILDREN
-        blob = blobs[node_id]
-        if blob:
-            size += len(blob)
-            flag |= FLAG_VALUES
-        sizes[node_id] = size
-        flags[node_id] = flag
+            flags |= FLAG_CHILDREN
+            total = size
+            for _, child in children:
+                total += child[6]
+            node[6] = total
+        else:
+            node[6] = size
+        node[5] = size
+        node[7] = flags
 
-    if layout == "pre":
-        order: Union[range, List[int]] = range(count)
+    # Offsets: post-order is the order nodes were closed; pre-order puts each node first,
+    # then its children's subtrees in ascending order.
+    if layout == "post":
+        offset = HEADER_SIZE
+        for node in post:
+            node[8] = offset
+            offset += node[5]
     else:
-        post: List[int] = []
-        walk: List[Tuple[int, bool]] = [(0, False)]
-        while walk:
-            node_id, done = walk.pop()
-            if done:
-                post.append(node_id)
-                continue
-            walk.append((node_id, True))
-            for _, child in reversed(kids[node_id]):
-                walk.append((child, False))
-        order = post
-
-    offsets = [0] * count
-    offset = HEADER_SIZE
-    for node_id in order:
-        offsets[node_id] = offset
-        offset += sizes[node_id]
-    if offset - 1 > OFFSET_MASK:
+        root[8] = HEADER_SIZE
+        for node in reversed(post):  # parents before their children
+            offset = node[8] + node[5]
+            for _, child in node[4]:
+                child[8] = offset
+                offset += child[6]
+    total = root[6] + HEADER_SIZE
+    if total - 1 > OFFSET_MASK:
         raise IndexFormatError(
-            f"index would be {offset} bytes: node offsets are limited to 28 bits "
+            f"index would be {total} bytes: node offsets are limited to 28 bits "
             f"({OFFSET_MASK + 1} bytes)"
         )
 
-    out = [_HEADER.pack(MAGIC, VERSION, offsets[0] | flags[0])]
-    for node_id in order:
-        prefix = prefixes[node_id]
-        if prefix:
-            out.append(prefix)
-            out.append(b"\0")
-        children = kids[node_id]
+    out = bytearray(total)
+    _HEADER.pack_into(out, 0, MAGIC, VERSION, root[8] | root[7])
+    for start, end, index, blob, children, size, _, _, offset in post:
         if children:
             low = children[0][0]
             high = children[-1][0]
             refs = [0] * (high - low + 1)
             for ch, child in children:
-                refs[ch - low] = offsets[child] | flags[child]
-            out.append(bytes((low, high)))
-            out.append(struct.pack(f">{len(refs)}I", *refs))
-        blob = blobs[node_id]
-        if blob:
-            out.append(blob)
-    return b"".join(out)
+                refs[ch - low] = child[8] | child[7]
+            blob = bytes((low, high)) + _REF_TABLES[len(refs)].pack(*refs) + blob
+        if end > start:
+            blob = keys[index][start:end] + b"\0" + blob
+        out[offset:offset + size] = blob
+    return bytes(out)
 
 
 # --- reader ----------------------------------------------------------------------------------
@@ -393,6 +461,13 @@ def _reader_order(values: Values, reader: str) -> Values:
     return out
 
 
+def _origin(parent: int, ch: int) -> str:
+    """Where a node reference was found, for error messages."""
+    if parent < 0:
+        return "root reference at offset 8"
+    return f"child 0x{ch:02x} of the node at offset {parent}"
+
+
 def _check_reader(reader: str) -> None:
     if reader not in ("mmap", "stdio"):
         raise ValueError(f"unknown index reader {reader!r}: expected 'mmap' or 'stdio'")
@@ -425,7 +500,7 @@ class Index:
         self.root_ref = root
         if root & OFFSET_MASK == 0:
             self._fail(f"root reference 0x{root:08x} at offset 8 has offset 0")
-        self._root = self._read(root, "root reference at offset 8")
+        self._root = self._read(root, -1, 0)
 
     @classmethod
     def from_bytes(cls, data: Union[bytes, bytearray, memoryview],
@@ -434,28 +509,29 @@ class Index:
         return cls(bytes(data), path)
 
     @classmethod
-    def open(cls, path: str) -> Index:
+    def open(cls, path: Union[str, os.PathLike[str]]) -> Index:
         """Read the index file at ``path`` (``OSError`` if it cannot be read)."""
         with open(path, "rb") as f:
             data = f.read()
-        return cls(data, str(path))
+        return cls(data, os.fspath(path))
 
     # -- decoding -----------------------------------------------------------------------------
 
     def _fail(self, message: str) -> NoReturn:
         raise IndexFormatError(message, self.path)
 
-    def _read(self, ref: int, origin: str) -> _Node:
-        """Decode the node ``ref`` points to; ``origin`` says where the reference was found."""
+    def _read(self, ref: int, parent: int, ch: int) -> _Node:
+        """Decode the node ``ref`` points to: the child ``ch`` of the node at offset
+        ``parent``, or the root when ``parent`` is -1 (they only matter for messages)."""
         data = self._data
         size = len(data)
         offset = ref & OFFSET_MASK
         if ref & _FLAG_UNKNOWN:
-            self._fail(f"node reference 0x{ref:08x} ({origin}) has unknown flag bits "
-                       f"0x{ref & _FLAG_UNKNOWN:08x}")
+            self._fail(f"node reference 0x{ref:08x} ({_origin(parent, ch)}) has unknown flag "
+                       f"bits 0x{ref & _FLAG_UNKNOWN:08x}")
         if offset < HEADER_SIZE or offset > size or (offset == size and ref & FLAGS_MASK):
-            self._fail(f"node reference 0x{ref:08x} ({origin}) points to offset {offset}, "
-                       f"outside the node area {HEADER_SIZE}..{size - 1}")
+            self._fail(f"node reference 0x{ref:08x} ({_origin(parent, ch)}) points to offset "
+                       f"{offset}, outside the node area {HEADER_SIZE}..{size - 1}")
         pos = offset
         prefix = b""
         if ref & FLAG_PREFIX:
@@ -484,7 +560,7 @@ class Index:
             if pos + 4 * n > size:
                 self._fail(f"node at offset {offset}: {n} child references at offset {pos} "
                            f"are cut off by the end of the file ({size} bytes)")
-            refs = struct.unpack_from(f">{n}I", data, pos)
+            refs = _REF_TABLES[n].unpack_from(data, pos)
             pos += 4 * n
             if first == 0 and refs[0]:
                 self._fail(f"node at offset {offset}: child reference for byte 0x00 at offset "
@@ -525,7 +601,7 @@ class Index:
         if ref & OFFSET_MASK == 0:
             self._fail(f"node at offset {node.offset}: child reference 0x{ref:08x} for "
                        f"character 0x{ch:02x} has flags but offset 0")
-        return self._read(ref, f"child 0x{ch:02x} of the node at offset {node.offset}")
+        return self._read(ref, node.offset, ch)
 
     def _children(self, node: _Node, seen: Set[int]) -> List[Tuple[int, _Node]]:
         """All children of ``node`` in ascending order, refusing nodes already in ``seen``."""
@@ -538,30 +614,49 @@ class Index:
             if offset in seen:
                 self._fail(f"node at offset {node.offset}: child 0x{ch:02x} points to offset "
                            f"{offset}, a node already reached (loop or shared node)")
-            child = self._child(node, ch)
-            assert child is not None
+            if offset == 0:
+                self._child(node, ch)  # raises the "flags but offset 0" error
             seen.add(offset)
-            out.append((ch, child))
+            out.append((ch, self._read(ref, node.offset, ch)))
         return out
 
     # -- whole-tree walks ---------------------------------------------------------------------
 
     def validate(self) -> None:
         """Decode every node, raising :class:`IndexFormatError` on the first problem."""
-        for _ in self._walk():
+        for _ in self._walk(self._root, self._root.prefix, post_order=False):
             pass
 
-    def _walk(self) -> Iterator[Tuple[bytes, _Node]]:
-        """Every (key so far, node) pair, depth first, parents before children (ascending)."""
-        seen = {self._root.offset}
-        stack: List[Tuple[bytes, _Node]] = [(b"", self._root)]
+    def _walk(self, start: _Node, piece: bytes, post_order: bool,
+              prune: Optional[Callable[[List[bytes]], bool]] = None
+              ) -> Iterator[Tuple[List[bytes], _Node]]:
+        """Every node of the subtree at ``start``, depth first, children in ascending order,
+        each node before (pre-order) or after (post-order) its children; with the pieces of
+        text leading to it (``piece`` for ``start``, then edge character plus prefix each).
+        The children of nodes for which ``prune(pieces)`` is true are skipped.
+
+        Nodes reached twice (loops, shared nodes) are refused. The text is kept in pieces so
+        a walk costs time in proportion to the file even along very deep paths.
+        """
+        seen = {start.offset}
+        path: List[bytes] = []
+        # (depth, text piece, node, children already pushed?)
+        stack: List[Tuple[int, bytes, _Node, bool]] = [(0, piece, start, False)]
         while stack:
-            key, node = stack.pop()
-            key += node.prefix
-            yield key, node
-            children = self._children(node, seen)
-            for ch, child in reversed(children):
-                stack.append((key + bytes((ch,)), child))
+            depth, piece, node, expanded = stack.pop()
+            if expanded:
+                del path[depth + 1:]
+                yield path, node
+                continue
+            del path[depth:]
+            path.append(piece)
+            if post_order:
+                stack.append((depth, piece, node, True))
+            else:
+                yield path, node
+            if node.refs and (prune is None or not prune(path)):
+                for ch, child in reversed(self._children(node, seen)):
+                    stack.append((depth + 1, bytes((ch,)) + child.prefix, child, False))
 
     def entries(self, *, reader: str = "mmap") -> Iterator[Entry]:
         """Every ``(key, value, priority)`` in libkmod's dump order (``modprobe -c``).
@@ -572,9 +667,11 @@ class Index:
         by the insertion rule for ``"stdio"``.
         """
         _check_reader(reader)
-        for key, node in self._walk():
-            for value, priority in _reader_order(node.values, reader):
-                yield key, value, priority
+        for path, node in self._walk(self._root, self._root.prefix, post_order=False):
+            if node.values:
+                key = b"".join(path)
+                for value, priority in _reader_order(node.values, reader):
+                    yield key, value, priority
 
     @property
     def layout(self) -> Optional[str]:
@@ -689,21 +786,22 @@ class Index:
     def _match_all(self, start: _Node, pattern: bytes, subject: bytes, reader: str,
                    out: Values, priorities: List[int]) -> None:
         """Enumerate the subtree at ``start`` (whose pattern text so far is ``pattern``),
-        children before the node itself, taking the values of nodes whose pattern matches."""
-        seen = {start.offset}
-        # (node, pattern up to and including its prefix, children already pushed?)
-        stack: List[Tuple[_Node, bytes, bool]] = [(start, pattern, False)]
-        while stack:
-            node, text, expanded = stack.pop()
-            if expanded:
-                if node.values and fnmatch(text, subject):
-                    for value, priority in _reader_order(node.values, reader):
-                        _merge(out, priorities, value, priority)
-                continue
-            stack.append((node, text, True))
-            children = self._children(node, seen)
-            for ch, child in reversed(children):
-                stack.append((child, text + bytes((ch,)) + child.prefix, False))
+        children before the node itself, taking the values of nodes whose pattern matches.
+
+        Subtrees no pattern of which can match are skipped, which changes nothing in the
+        result: when the text so far has no ``[`` or backslash, each of its elements is
+        complete whatever follows, so a longer pattern can only match if the text followed
+        by ``*`` does.
+        """
+
+        def hopeless(path: List[bytes]) -> bool:
+            text = b"".join(path)
+            return b"[" not in text and b"\\" not in text and not fnmatch(text + b"*", subject)
+
+        for path, node in self._walk(start, pattern, post_order=True, prune=hopeless):
+            if node.values and fnmatch(b"".join(path), subject):
+                for value, priority in _reader_order(node.values, reader):
+                    _merge(out, priorities, value, priority)
 
 
 # --- fnmatch ---------------------------------------------------------------------------------
