@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 from moddep.cache import RunResult, run_key
@@ -18,9 +18,10 @@ from moddep.config import depmod_d
 from moddep.diag import Log, Message, fs
 from moddep.errors import ModdepError
 from moddep.graph import DepModel, KernelSymbols, module_order, resolve
-from moddep.index.outputs import Inputs, generate
+from moddep.index.outputs import Inputs, generate, wanted
 from moddep.modinfo import modname_normalize
-from moddep.parallel import ModuleSource
+from moddep.parallel import ModuleSource, fork_join
+from moddep.rootfs import EscapeError, Root
 from moddep.scan import ModuleFile, Scanner, is_module_name, starts_dir
 
 DEFAULT_MODULE_DIRS = (b"/lib/modules", b"/usr/lib/modules")
@@ -140,7 +141,8 @@ def discover(req: Request, moddir_k: bytes, moddir_fs: bytes, log: Log) -> list[
                 raise ModdepError(f"{fs(path)}: not absolute path.")
             # in target mode a listed path is a target path below the root
             kpath = path if req.host_config else _target_path(req, path)
-            fspath = path if req.host_config or not kpath.startswith(b"/") else req.basedir + kpath
+            fspath = path if req.host_config or not kpath.startswith(b"/") else \
+                Root(req.basedir).resolve(kpath)  # symlinks followed inside the root
             rel = kpath[len(moddir_k) + 1:] if starts_dir(kpath, moddir_k) else None
             base = path.rpartition(b"/")[2]
             m = ModuleFile(modname_normalize(base), kpath, fspath, rel, base)
@@ -156,8 +158,17 @@ def discover(req: Request, moddir_k: bytes, moddir_fs: bytes, log: Log) -> list[
         cfg = depmod_d.load([d.encode() for d in req.gen.config_dirs], req.kver, log,
                             root=req.basedir or b"/")
     # kmod walks external dirs last-configured first
-    ext = [(e, e if req.host_config else req.basedir + e) for e in reversed(cfg.externals)]
-    return list(Scanner(cfg, moddir_k, moddir_fs, ext, log).run().values())
+    root = Root(req.basedir)
+    ext = []
+    for e in reversed(cfg.externals):
+        if req.host_config:  # kmod's host mode: host paths, used as given
+            ext.append((e, e))
+            continue
+        try:
+            ext.append((e, root.resolve(e)))
+        except EscapeError as err:
+            log.error(f"external directory {err.message}: skipped")
+    return list(Scanner(cfg, moddir_k, moddir_fs, ext, log, root).run().values())
 
 
 def _target_path(req: Request, path: bytes) -> bytes:
@@ -167,7 +178,14 @@ def _target_path(req: Request, path: bytes) -> bytes:
     return path
 
 
-def _read_optional(path: bytes, log: Log, what: str, where: bytes) -> Optional[bytes]:
+def _read_optional(path: bytes, log: Log, what: str, where: bytes,
+                   root: Optional[Root] = None) -> Optional[bytes]:
+    try:
+        if root is not None:
+            path = root.resolve_host(path)  # a symlink is followed inside the root
+    except EscapeError as e:
+        log.warning(f"could not open {what} at {fs(where)}: {e.message}")
+        return None
     try:
         with open(path, "rb") as f:
             return f.read()
@@ -184,23 +202,33 @@ def compute(req: Request, source: ModuleSource, log: Optional[Log] = None) -> Re
     """
     log = log if log is not None else Log()
     mdir = module_dir_name(req)
-    moddir_fs = req.basedir + b"/" + mdir + b"/" + req.kver
-    moddir_k = moddir_fs if req.host_config else b"/" + mdir + b"/" + req.kver
-    outroot = req.outdir if req.outdir is not None else req.basedir
-    outdir = outroot + b"/" + mdir + b"/" + req.kver
+    # The module directory and the output directory are confined to their roots (-b, -o):
+    # symlinks are followed inside them, a way out is an error (moddep.rootfs).
+    root = Root(req.basedir)
+    moddir_t = b"/" + mdir + b"/" + req.kver
+    try:
+        moddir_fs = root.resolve(moddir_t)
+    except EscapeError as e:
+        raise ModdepError(f"module directory {e.message}") from None
+    moddir_k = req.basedir + moddir_t if req.host_config else moddir_t
+    outroot = Root(req.outdir) if req.outdir is not None else root
+    try:
+        outdir = outroot.join(moddir_t) if req.text_only else outroot.resolve(moddir_t)
+    except EscapeError as e:
+        raise ModdepError(f"output directory {e.message}") from None
     kernel, kernel_raw = load_kernel_symbols(req, log)
     if req.errsyms and kernel is None:
         log.warning("-e needs -E or -F")
     files = discover(req, moddir_k, moddir_fs, log)
     by_name = {f.name: f for f in files}
-    order = _read_optional(moddir_fs + b"/modules.order", log, "modules.order", moddir_fs)
+    order = _read_optional(moddir_fs + b"/modules.order", log, "modules.order", moddir_fs, root)
     ordered = module_order(by_name, order, fs(moddir_fs) + "/modules.order", req.gen, log)
     builtin = builtin_modinfo = None
     if not req.text_only:
         builtin = _read_optional(moddir_fs + b"/modules.builtin", log, "modules.builtin",
-                                 moddir_fs)
+                                 moddir_fs, root)
         builtin_modinfo = _read_optional(moddir_fs + b"/modules.builtin.modinfo", log,
-                                         "modules.builtin.modinfo", moddir_fs)
+                                         "modules.builtin.modinfo", moddir_fs, root)
     paths = [m.fspath for m in ordered]
     keys = source.keys(moddir_fs, paths)
     rkey = None
@@ -223,10 +251,31 @@ def compute(req: Request, source: ModuleSource, log: Optional[Log] = None) -> Re
     for m, d in zip(ordered, data):
         if d.error is not None:
             log.error(f"failed to load symbols from {fs(m.fspath)}: {d.error}")
-    model = resolve(ordered, data, kernel=kernel, prefix=req.prefix,
-                    errsyms=req.errsyms and kernel is not None, verbose=req.verbose, log=log)
-    inputs = Inputs(model, req.gen, builtin, builtin_modinfo, req.warn_dups, log)
-    outputs = generate(inputs, text_only=req.text_only, jobs=source.jobs)
+    inputs = Inputs(ordered, data, None, req.gen, builtin, builtin_modinfo, req.warn_dups, log)
+    todo = wanted(req.gen, req.text_only)
+    resolved_log = Log()
+
+    # Two halves that can run at once: symbol resolution and the outputs that need it, and
+    # the outputs that need only the modules (aliases, softdeps, devname, builtins).
+    def with_model() -> tuple[DepModel, list[tuple[str, bytes, list[Message]]]]:
+        model = resolve(ordered, data, kernel=kernel, prefix=req.prefix,
+                        errsyms=req.errsyms and kernel is not None, verbose=req.verbose,
+                        log=resolved_log)
+        return model, generate(replace(inputs, model=model), [o for o in todo if o.resolved])
+
+    def without_model() -> tuple[None, list[tuple[str, bytes, list[Message]]]]:
+        return None, generate(inputs, [o for o in todo if not o.resolved])
+
+    (model, first), (_none, second) = fork_join([with_model, without_model], source.jobs)
+    log.messages.extend(resolved_log.messages)
+    log.stdout.extend(resolved_log.stdout)
+    done = {name: (content, msgs) for name, content, msgs in first + second}
+    outputs = {}
+    for o in todo:
+        content, msgs = done[o.name]
+        outputs[o.name] = content
+        log.messages.extend(msgs)
+    assert model is not None
     if rkey is not None and source.cache is not None:
         source.cache.save_run(rkey, RunResult(
             outputs, [(m.level, m.text) for m in log.messages[first_msg:]],

@@ -9,15 +9,16 @@ trie encoding lives in :mod:`moddep.index.trie`.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from moddep.compat import KmodGeneration
 from moddep.diag import Log, Message, fs
 from moddep.errors import IndexFormatError, ModdepError
 from moddep.graph import DepModel
 from moddep.index import trie
+from moddep.model import ModuleData
 from moddep.modinfo import alias_normalize, path_to_modname
-from moddep.parallel import fork_join
+from moddep.scan import ModuleFile
 
 ALIAS_HEADER = b"# Aliases extracted from modules themselves.\n"
 SOFTDEP_HEADER = b"# Soft dependencies extracted from modules themselves.\n"
@@ -28,9 +29,12 @@ DEVNAME_HEADER = b"# Device nodes to trigger on-demand module loading.\n"
 
 @dataclass(frozen=True)
 class Inputs:
-    """What the generators read besides the model: kernel build products and options."""
+    """What the generators read: the modules in array order, the resolved model (only the
+    generators marked ``resolved`` need it), kernel build products and options."""
 
-    model: DepModel
+    files: Sequence[ModuleFile]
+    data: Sequence[ModuleData]
+    model: Optional[DepModel]
     gen: KmodGeneration
     builtin: Optional[bytes]  # modules.builtin content, None when missing
     builtin_modinfo: Optional[bytes]  # modules.builtin.modinfo content, None when missing
@@ -50,15 +54,20 @@ def dep_lines(model: DepModel) -> list[bytes]:
     return out
 
 
+def _model(inp: Inputs) -> DepModel:
+    assert inp.model is not None, "generator needs the resolved model"
+    return inp.model
+
+
 def modules_dep(inp: Inputs) -> bytes:
-    lines = dep_lines(inp.model)
+    lines = dep_lines(_model(inp))
     return b"\n".join(lines) + b"\n" if lines else b""
 
 
 def _modinfo_lines(inp: Inputs, key: bytes, header: bytes, name_first: bool) -> bytes:
     """``KEY value name`` (aliases) or ``KEY name value`` lines for every ``key`` value."""
     out = [header]
-    for f, d in zip(inp.model.files, inp.model.data):
+    for f, d in zip(inp.files, inp.data):
         for v in d.values(key):
             out.append(b" ".join((key, f.name, v) if name_first else (key, v, f.name)) + b"\n")
     return b"".join(out)
@@ -77,9 +86,10 @@ def modules_weakdep(inp: Inputs) -> bytes:
 
 
 def modules_symbols(inp: Inputs) -> bytes:
-    names = inp.model.files
+    names = inp.files
     out = [SYMBOLS_HEADER]
-    out += [b"alias symbol:%s %s\n" % (sym, names[owner].name) for sym, owner in inp.model.symbols]
+    out += [b"alias symbol:%s %s\n" % (sym, names[owner].name)
+            for sym, owner in _model(inp).symbols]
     return b"".join(out)
 
 
@@ -114,7 +124,7 @@ def _major_minor(value: bytes, prefix: bytes) -> Optional[tuple[int, int]]:
 
 def modules_devname(inp: Inputs) -> bytes:
     out: list[bytes] = []
-    for f, d in zip(inp.model.files, inp.model.data):
+    for f, d in zip(inp.files, inp.data):
         devname = None
         kind = b""
         major = minor = 0
@@ -175,15 +185,15 @@ def _warn_duplicates(inp: Inputs, entries: list[tuple[bytes, bytes, int]], what:
 
 
 def modules_dep_bin(inp: Inputs) -> bytes:
-    files = inp.model.files
-    entries = [(f.name, line, i) for i, (f, line) in enumerate(zip(files, dep_lines(inp.model)))]
+    files = inp.files
+    entries = [(f.name, line, i) for i, (f, line) in enumerate(zip(files, dep_lines(_model(inp))))]
     _warn_duplicates(inp, entries, "deps")
     return _encode(inp, "modules.dep.bin", entries)
 
 
 def alias_entries(inp: Inputs) -> list[tuple[bytes, bytes, int]]:
     entries = []
-    for i, (f, d) in enumerate(zip(inp.model.files, inp.model.data)):
+    for i, (f, d) in enumerate(zip(inp.files, inp.data)):
         for v in d.values(b"alias"):
             key = alias_normalize(v)
             if key is None:
@@ -200,8 +210,8 @@ def modules_alias_bin(inp: Inputs) -> bytes:
 
 
 def modules_symbols_bin(inp: Inputs) -> bytes:
-    files = inp.model.files
-    entries = [(b"symbol:" + sym, files[owner].name, owner) for sym, owner in inp.model.symbols]
+    files = inp.files
+    entries = [(b"symbol:" + sym, files[owner].name, owner) for sym, owner in _model(inp).symbols]
     _warn_duplicates(inp, entries, "syms")
     return _encode(inp, "modules.symbols.bin", entries)
 
@@ -285,54 +295,35 @@ class Output:
     generate: Callable[[Inputs], bytes]
     binary: bool
     since: int  # first kmod version writing it
+    resolved: bool  # needs symbol resolution (the DepModel); the others only the modules
 
 
 # kmod's write order (tools/depmod.c depmod_output); modules.weakdep since kmod 33 (05828b4)
 OUTPUTS: tuple[Output, ...] = (
-    Output("modules.dep", modules_dep, False, 30),
-    Output("modules.dep.bin", modules_dep_bin, True, 30),
-    Output("modules.alias", modules_alias, False, 30),
-    Output("modules.alias.bin", modules_alias_bin, True, 30),
-    Output("modules.softdep", modules_softdep, False, 30),
-    Output("modules.weakdep", modules_weakdep, False, 33),
-    Output("modules.symbols", modules_symbols, False, 30),
-    Output("modules.symbols.bin", modules_symbols_bin, True, 30),
-    Output("modules.builtin.bin", modules_builtin_bin, True, 30),
-    Output("modules.builtin.alias.bin", modules_builtin_alias_bin, True, 30),
-    Output("modules.devname", modules_devname, False, 30),
+    Output("modules.dep", modules_dep, False, 30, True),
+    Output("modules.dep.bin", modules_dep_bin, True, 30, True),
+    Output("modules.alias", modules_alias, False, 30, False),
+    Output("modules.alias.bin", modules_alias_bin, True, 30, False),
+    Output("modules.softdep", modules_softdep, False, 30, False),
+    Output("modules.weakdep", modules_weakdep, False, 33, False),
+    Output("modules.symbols", modules_symbols, False, 30, True),
+    Output("modules.symbols.bin", modules_symbols_bin, True, 30, True),
+    Output("modules.builtin.bin", modules_builtin_bin, True, 30, False),
+    Output("modules.builtin.alias.bin", modules_builtin_alias_bin, True, 30, False),
+    Output("modules.devname", modules_devname, False, 30, False),
 )
 
 
-# the costly generators (the two large tries) go first so that a second process takes them
-_HEAVY = ("modules.alias.bin", "modules.symbols.bin")
+def wanted(gen: KmodGeneration, text_only: bool) -> list[Output]:
+    """The outputs of this kmod generation (text only with -n), in write order."""
+    return [o for o in OUTPUTS if o.since <= gen.version and not (text_only and o.binary)]
 
 
-def generate(inp: Inputs, text_only: bool = False, jobs: int = 1) -> dict[str, bytes]:
-    """Every output file of this kmod generation, in write order: name -> content.
-
-    With ``jobs`` > 1 the generators run in two processes; each has its own message list and
-    the lists are merged in write order, so output and messages never depend on ``jobs``.
-    """
-    todo = [o for o in OUTPUTS if o.since <= inp.gen.version and not (text_only and o.binary)]
-    heavy = [o for o in todo if o.name in _HEAVY]
-    light = [o for o in todo if o.name not in _HEAVY]
-
-    def run(group: list[Output]) -> Callable[[], list[tuple[bytes, list[Message]]]]:
-        def task() -> list[tuple[bytes, list[Message]]]:
-            out = []
-            for o in group:
-                log = Log()
-                out.append((o.generate(replace(inp, log=log)), log.messages))
-            return out
-        return task
-
-    groups = [light, heavy] if heavy and jobs > 1 else [todo]
-    done: dict[str, tuple[bytes, list[Message]]] = {}
-    for group, results in zip(groups, fork_join([run(g) for g in groups], jobs)):
-        done.update({o.name: r for o, r in zip(group, results)})
-    out: dict[str, bytes] = {}
-    for o in todo:
-        data, messages = done[o.name]
-        inp.log.messages.extend(messages)
-        out[o.name] = data
-    return out
+def generate(inp: Inputs, outputs: Sequence[Output]) -> list[tuple[str, bytes, list[Message]]]:
+    """(name, content, messages) of each output; every generator logs into its own list, so
+    callers can run groups of outputs in different processes and merge in write order."""
+    done = []
+    for o in outputs:
+        log = Log()
+        done.append((o.name, o.generate(replace(inp, log=log)), log.messages))
+    return done
