@@ -1,0 +1,98 @@
+"""``insmod FILE [params]``: insert one module file, as kmod's insmod (``tools/insmod.c``, 34).
+
+No dependencies, no configuration: the file goes to the kernel through
+:func:`moddep.runtime.kernel.insert_file` (``finit_module``, or ``init_module`` after
+userspace decompression), with ``-f`` ignoring version magic and symbol versions. Failures
+print ``could not insert module FILE: <text>`` with insmod's texts for some errnos.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+
+from moddep import __version__
+from moddep.diag import ERROR, INFO
+from moddep.errors import KernelError
+from moddep.runtime.getopt import Getopt, GetoptError, LongOption
+from moddep.runtime.kernel import INSMOD_MESSAGES, StripError, insert_file, message
+from moddep.runtime.resolve import absolute
+from moddep.runtime.state import KernelState
+from moddep.tools.modprobe import Output, guarded, kernel_loader, options_from_array, sysroot
+
+LONG = (
+    LongOption("force", False, "f"),
+    LongOption("syslog", False, "s"),
+    LongOption("verbose", False, "v"),
+    LongOption("version", False, "V"),
+    LongOption("help", False, "h"),
+)
+
+HELP = """\
+Usage:
+\t{p} [options] filename [module options]
+Options:
+\t-f, --force       DANGEROUS: forces a module load, may cause
+\t                  data corruption and crash your machine
+\t-s, --syslog      print to syslog, not stderr
+\t-v, --verbose     enables more messages
+\t-V, --version     show version
+\t-h, --help        show this help
+"""
+
+
+def main(argv: list[str], prog: str = "insmod") -> int:
+    return guarded(prog, argv, lambda: _main(argv, prog))
+
+
+def _main(argv: list[str], prog: str) -> int:
+    verbose = ERROR
+    syslog = force = False
+    # getopt_long permutes, as for every kmod tool: "insmod FILE -f" forces too
+    parser = Getopt(argv, "fsvVh", LONG)
+    try:
+        for key, _value in parser:
+            if key == "f":
+                force = True
+            elif key == "s":
+                syslog = True
+            elif key == "v":
+                verbose += 1
+            elif key == "h":
+                sys.stdout.write(HELP.format(p=prog))
+                return 0
+            elif key == "V":
+                sys.stdout.write(f"moddep {__version__} (kmod 34 compatible insmod)\n")
+                return 0
+    except GetoptError as e:
+        sys.stderr.write(f"{prog}: {e}\n")
+        return 1
+    root = sysroot()
+    out = Output(prog, verbose, root, syslog)
+    if not parser.operands:
+        out.log(ERROR, "missing filename.")
+        return 1
+    filename = parser.operands[0]
+    if filename == "-":
+        out.log(ERROR, "this tool does not support loading from stdin!")
+        return 1
+    params = options_from_array([os.fsencode(a) for a in parser.operands[1:]]) or b""
+    path = absolute(os.fsencode(filename))
+    try:
+        os.stat(path)
+    except OSError as e:
+        out.log(ERROR, f"could not load module {filename}: {e.strerror}")
+        return 1
+    state = KernelState(root)
+    try:
+        insert_file(kernel_loader(root), path, params, force_modversion=force,
+                    force_vermagic=force, kernel_compression=state.kernel_compression())
+    except KernelError as e:
+        err = e.errno or errno.EINVAL
+        if isinstance(e, StripError):
+            out.log(ERROR, e.message)
+        out.log(INFO, f"Failed to insert module '{os.fsdecode(path)}': {os.strerror(err)}")
+        out.log(ERROR, f"could not insert module {filename}: {message(err, INSMOD_MESSAGES)}")
+        return 1
+    return 0

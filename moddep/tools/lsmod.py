@@ -1,0 +1,102 @@
+"""``lsmod``: the loaded modules in kmod's format (``tools/lsmod.c`` of kmod 34).
+
+One line per /proc/modules entry, in its order::
+
+    Module                  Size  Used by
+    tun                    61440  2 vhost_net,holder
+
+``printf("%-19s %8ld  %d", name, size, refcnt)`` then the holders from
+``/sys/module/NAME/holders`` (directory order), a blank before the first and commas between.
+Size is sysfs ``coresize`` (else /proc/modules), use count sysfs ``refcnt``; an unreadable
+value prints as kmod prints it, a negative errno.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+
+from moddep import __version__
+from moddep.diag import ERROR
+from moddep.runtime.getopt import Getopt, GetoptError, LongOption
+from moddep.runtime.state import KernelState
+from moddep.tools.modprobe import Output, guarded, sysroot
+
+LONG = (
+    LongOption("syslog", False, "s"),
+    LongOption("verbose", False, "v"),
+    LongOption("version", False, "V"),
+    LongOption("help", False, "h"),
+)
+
+HELP = """\
+Usage:
+\t{p} [options]
+Options:
+\t-s, --syslog      print to syslog, not stderr
+\t-v, --verbose     enables more messages
+\t-V, --version     show version
+\t-h, --help        show this help
+"""
+
+
+def render(state: KernelState, out: Output) -> bytes:
+    """lsmod's stdout for ``state`` (libkmod's errors go to ``out``)."""
+    mods = state.proc_modules()
+    if mods is None:
+        out.log(ERROR, "could not open /proc/modules: No such file or directory")
+        out.log(ERROR, "could not get list of modules: No such file or directory")
+        raise LookupError
+    lines = [b"Module                  Size  Used by\n"]
+    for m in mods:
+        size = state.size(m.name)
+        refcnt = state.refcnt(m.name)
+        line = b"%-19s %8d  %d" % (m.name, size if size is not None else -errno.ENOENT,
+                                    refcnt if refcnt is not None else -errno.ENOENT)
+        holders = state.holders(m.name)
+        if holders is None:
+            out.log(ERROR, f"could not open '/sys/module/{os.fsdecode(m.name)}/holders': "
+                           "No such file or directory")
+            holders = []
+        if holders:
+            line += b" " + b",".join(holders)
+        lines.append(line + b"\n")
+    return b"".join(lines)
+
+
+def main(argv: list[str], prog: str = "lsmod") -> int:
+    return guarded(prog, argv, lambda: _main(argv, prog))
+
+
+def _main(argv: list[str], prog: str) -> int:
+    verbose = ERROR
+    syslog = False
+    parser = Getopt(argv, "svVh", LONG)
+    try:
+        for key, _value in parser:
+            if key == "s":
+                syslog = True
+            elif key == "v":
+                verbose += 1
+            elif key == "h":
+                sys.stdout.write(HELP.format(p=prog))
+                return 0
+            elif key == "V":
+                sys.stdout.write(f"moddep {__version__} (kmod 34 compatible lsmod)\n")
+                return 0
+    except GetoptError as e:
+        sys.stderr.write(f"{prog}: {e}\n")
+        return 1
+    root = sysroot()
+    out = Output(prog, verbose, root, syslog)
+    if parser.operands:
+        out.log(ERROR, "too many arguments provided.")
+        return 1
+    try:
+        text = render(KernelState(root), out)
+    except LookupError:
+        return 1
+    sys.stdout.buffer.write(text)
+    sys.stdout.buffer.flush()
+    return 0
