@@ -26,22 +26,42 @@ DEFAULT_LIMIT = 256 * 1024 * 1024
 MODULE_EXTENSIONS = (b".ko", b".ko.gz", b".ko.xz", b".ko.zst")
 
 
+# zstd's densest encoding: a 3-byte block header and 1 byte (an RLE block) give 128 KiB.
+_ZSTD_MAX_RATIO = 128 * 1024 // 4
+_ZSTD_MIN_STEP = 64
+
+
 def _zstd(data: bytes, limit: int) -> bytes:
     try:
         import zstandard
     except ImportError as e:  # optional at run time on targets
         raise CompressionError(
             "zstd-compressed, but the 'zstandard' module is not installed") from e
+    beyond = f"zstd data decompresses beyond the limit of {limit} bytes"
+    # decompressobj() buffers all the output of one call, so the input is fed in pieces small
+    # enough that even the densest encoding (a 4-byte RLE block -> 128 KiB) stays near the
+    # limit: at most _ZSTD_MAX_RATIO * _ZSTD_MIN_STEP (2 MiB) beyond it, never the whole bomb.
+    view = memoryview(data)
+    pieces = []
+    total = pos = 0
     try:
+        declared = zstandard.get_frame_parameters(data).content_size
+        if declared != zstandard.CONTENTSIZE_UNKNOWN and declared > limit:
+            raise CompressionError(beyond)
         dobj = zstandard.ZstdDecompressor().decompressobj()
-        out = dobj.decompress(data)
+        while pos < len(view) and not dobj.eof:
+            step = max(_ZSTD_MIN_STEP, (limit - total) // _ZSTD_MAX_RATIO)
+            piece = dobj.decompress(view[pos:pos + step])
+            pos += step
+            total += len(piece)
+            if total > limit:
+                raise CompressionError(beyond)
+            pieces.append(piece)
     except zstandard.ZstdError as e:
         raise CompressionError(f"zstd data does not decompress: {e}") from e
-    if len(out) > limit:
-        raise CompressionError(f"zstd data decompresses beyond the limit of {limit} bytes")
     if not dobj.eof:
         raise CompressionError("zstd data is truncated")
-    return out
+    return b"".join(pieces)
 
 
 def _xz(data: bytes, limit: int) -> bytes:

@@ -305,10 +305,15 @@ class ElfModule:
         if self._swap:
             crcs.byteswap()
         words[0::step] = array(words.typecode, bytes(count * words.itemsize))
-        # NUL runs -> one separator (symbol names never contain ASCII blanks)
-        names = words.tobytes().translate(_NUL_TO_BLANK).split()
-        if len(names) != count:  # an empty or odd name: read record by record instead
-            width = words.itemsize
+        # NUL runs -> one separator (symbol names never contain ASCII blanks). One word per
+        # record is only right when every name starts its record (a NUL there is an empty
+        # name, possibly with bytes after it) and no record holds a blank.
+        blob = words.tobytes()
+        width = words.itemsize
+        names = blob.translate(_NUL_TO_BLANK).split()
+        if (len(names) != count or b"\0" in blob[width::VERSIONS_RECORD]
+                or len(blob.translate(None, _BLANKS)) != len(blob)):
+            # an empty or odd name: read record by record instead
             names = [data[p:p + VERSIONS_RECORD - width].split(b"\0", 1)[0]
                      for p in range(width, len(data), VERSIONS_RECORD)]
         return names, crcs.tolist()
@@ -356,6 +361,7 @@ class ElfModule:
 
 
 _NUL_TO_BLANK = bytes([0x20]) + bytes(range(1, 256))
+_BLANKS = b" \t\n\r\x0b\x0c"  # what bytes.split() splits on besides the NULs made blanks
 
 def zero_positions(data: bytes) -> list[int]:
     """Offsets of the NUL bytes of ``data``, computed from the lengths of the pieces between

@@ -34,7 +34,7 @@ def _fsync_dir(dfd: int) -> None:
 
 
 def _write_file(dfd: int, name: str, data: bytes) -> None:
-    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=dfd)
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=dfd)
     try:
         view = memoryview(data)
         while view:
@@ -45,17 +45,25 @@ def _write_file(dfd: int, name: str, data: bytes) -> None:
         os.close(fd)
 
 
+def _plain(name: str) -> bool:
+    """A file name of this directory: no path separator, not ``.``/``..``, not hidden."""
+    return bool(name) and "/" not in name and "\0" not in name and not name.startswith(".")
+
+
 def _journal_entries(dfd: int) -> list[tuple[str, str]]:
+    """The pending renames. The journal comes from the directory, which a staged image
+    controls, so only renames of our own temporary files to plain names in this directory are
+    taken (never a path elsewhere), and a journal that is a symlink is not followed."""
     try:
-        fd = os.open(JOURNAL, os.O_RDONLY, dir_fd=dfd)
-    except FileNotFoundError:
+        fd = os.open(JOURNAL, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dfd)
+    except OSError:  # none, or a symlink (ELOOP)
         return []
     with os.fdopen(fd, "rb") as f:
         raw = f.read()
     out = []
     for line in raw.decode("utf-8", "surrogateescape").splitlines():
         tmp, _, final = line.partition("\t")
-        if tmp and final:
+        if tmp.startswith(TMP_MARK) and _plain(tmp[1:]) and _plain(final):
             out.append((tmp, final))
     return out
 
@@ -86,7 +94,7 @@ def _recover(dfd: int) -> list[str]:
     try:
         os.unlink(JOURNAL, dir_fd=dfd)
         _fsync_dir(dfd)
-    except FileNotFoundError:
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
         pass
     for name in os.listdir(dfd):
         if name.startswith(TMP_MARK):

@@ -23,6 +23,7 @@ from moddep.config.depmod_d import SEARCH_BUILTIN, SEARCH_EXTERNAL, DepmodConfig
 from moddep.diag import Log, fs
 from moddep.errors import ModdepError
 from moddep.modinfo import modname_normalize
+from moddep.rootfs import EscapeError, Root
 
 ALWAYS_SKIPPED = frozenset((b".", b"..", b"build", b"source"))
 
@@ -127,7 +128,8 @@ class Scanner:
     """Walks the module dir and external dirs, keeping the winning file per module name."""
 
     def __init__(self, cfg: DepmodConfig, moddir_k: bytes, moddir_fs: bytes,
-                 ext_dirs: list[tuple[bytes, bytes]], log: Log) -> None:
+                 ext_dirs: list[tuple[bytes, bytes]], log: Log,
+                 root: Optional[Root] = None) -> None:
         self.cfg = cfg
         self.moddir_k = moddir_k
         self.moddir_fs = moddir_fs
@@ -135,6 +137,8 @@ class Scanner:
         self.log = log
         self.skip = ALWAYS_SKIPPED | cfg.excludes
         self.by_name: dict[bytes, ModuleFile] = {}
+        # symlinks found below a staged root are followed inside it (moddep.rootfs)
+        self.root = root if root is not None and root.confined else None
 
     def run(self) -> dict[bytes, ModuleFile]:
         try:
@@ -158,9 +162,13 @@ class Scanner:
               ancestors: set[tuple[int, int]]) -> None:
         with it:
             entries = list(it)
+        confine = self.root is not None and self.root.contains(fsbase[:-1])
         for entry in entries:
             name = entry.name
             if name in self.skip:
+                continue
+            if confine and entry.is_symlink():
+                self._symlink(kbase, fsbase, name, ancestors)
                 continue
             try:
                 if entry.is_dir():
@@ -189,6 +197,42 @@ class Scanner:
                 self._walk(sub, kbase + name + b"/", fsbase + name + b"/", ancestors | {key})
             elif is_module_name(name):
                 self._add(kbase + name, fsbase + name, name)
+
+    def _symlink(self, kbase: bytes, fsbase: bytes, name: bytes,
+                 ancestors: set[tuple[int, int]]) -> None:
+        """A symlink below the root: followed as the target system will follow it."""
+        assert self.root is not None
+        link = fsbase + name
+        try:
+            real = self.root.resolve_host(link)
+        except EscapeError as e:
+            if is_module_name(name) or os.path.isdir(link):  # else nothing depmod would read
+                self.log.error(f"{fs(link)}: {e.message}: skipped")
+            return
+        try:
+            st = os.stat(real)
+        except OSError as e:
+            self.log.error(f"fstatat({fs(fsbase)}, {fs(name)}): {e.strerror}")
+            return
+        # the same file as the host would open: keep the path kmod prints
+        if os.path.realpath(link) == os.path.realpath(real):
+            real = link
+        if stat.S_ISDIR(st.st_mode):
+            key = (st.st_dev, st.st_ino)
+            if key in ancestors:
+                self.log.error(f"{fs(link)}: symbolic link loop, skipped")
+                return
+            try:
+                sub = os.scandir(real)
+            except OSError as e:
+                self.log.error(f"openat({fs(fsbase)}, {fs(name)}, O_RDONLY): {e.strerror}")
+                return
+            self._walk(sub, kbase + name + b"/", real + b"/", ancestors | {key})
+        elif stat.S_ISREG(st.st_mode):
+            if is_module_name(name):
+                self._add(kbase + name, real, name)
+        else:
+            self.log.error(f"unsupported file type {fs(link)}: {stat.S_IFMT(st.st_mode):o}")
 
     def _add(self, kpath: bytes, fspath: bytes, basename: bytes) -> None:
         moddir = self.moddir_k

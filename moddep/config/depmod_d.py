@@ -7,7 +7,6 @@ checked first, the *last* configured external directory is walked first.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from typing import Optional
@@ -45,7 +44,7 @@ def kernel_matches(pattern: bytes, kver: bytes) -> bool:
         return True
     try:
         return re.search(pattern, kver) is not None
-    except re.error:
+    except (re.error, RecursionError, OverflowError):  # e.g. "((((...))))", "a{99999999999}"
         return False
 
 
@@ -102,7 +101,24 @@ def parse(files: list[tuple[bytes, bytes]], kver: bytes, log: Log) -> DepmodConf
 
 def load(paths: list[bytes], kver: bytes, log: Log,
          root: Optional[bytes] = None) -> DepmodConfig:
-    """Collect and parse depmod.d from ``paths``; with ``root``, each path is under that root."""
-    if root is not None:
-        paths = [os.path.join(root, p.lstrip(b"/")) for p in paths]
-    return parse(collect(paths, conf_filter(), log), kver, log)
+    """Collect and parse depmod.d from ``paths``; with ``root``, each path is under that root
+    and every symlink on the way (directory or file) is followed inside it; a path leading
+    out of the root is reported and skipped (moddep.rootfs)."""
+    if root is None:
+        return parse(collect(paths, conf_filter(), log), kver, log)
+    from moddep.rootfs import EscapeError, Root
+
+    staged = Root(root)
+    inside = []
+    for p in paths:
+        try:
+            inside.append(staged.resolve(p))
+        except EscapeError as e:
+            log.error(f"configuration directory {e.message}: skipped")
+    files = []
+    for name, path in collect(inside, conf_filter(), log):
+        try:
+            files.append((name, staged.resolve_host(path)))
+        except EscapeError as e:
+            log.error(f"configuration file {e.message}: skipped")
+    return parse(files, kver, log)

@@ -11,6 +11,7 @@ from typing import Optional
 
 from moddep import __version__, compat
 from moddep.cache import Cache, default_dir
+from moddep.compression import DEFAULT_LIMIT
 from moddep.depmod import Request, compute, is_version, module_dir_name, up_to_date
 from moddep.diag import DEBUG, ERROR, WARNING, Log
 from moddep.errors import DependencyCycleError, UsageError
@@ -64,9 +65,24 @@ def parser(prog: str) -> argparse.ArgumentParser:
       help="re-run cache location (default: $MODDEP_CACHE_DIR, else $XDG_CACHE_HOME/moddep or "
            "~/.cache/moddep); never inside the root")
     a("--no-cache", action="store_true", help="do not read or write the re-run cache")
+    a("--max-module-size", type=_size, metavar="SIZE", default=DEFAULT_LIMIT,
+      help="refuse a compressed module that decompresses to more than SIZE bytes (suffix K, M "
+           f"or G; default {DEFAULT_LIMIT >> 20}M)")
     a("--debug", action="store_true", help="show a traceback on errors")
     a("args", nargs="*", metavar="[VERSION] [FILES...]")
     return p
+
+
+def _size(text: str) -> int:
+    """A byte count with an optional K/M/G (binary) suffix, at least 1."""
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:].upper(), 1)
+    try:
+        value = int(text[:-1] if scale > 1 else text) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid size '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid size '{text}'")
+    return value
 
 
 def _abs(path: str) -> bytes:
@@ -126,7 +142,7 @@ def _run(opts: argparse.Namespace, printer: Printer) -> int:
         printer.flush_log(log)
         if uptodate:
             return 0
-    source = ModuleSource(opts.jobs, _cache(opts, req, printer),
+    source = ModuleSource(opts.jobs, _cache(opts, req, printer), opts.max_module_size,
                           progress=None if opts.quiet else progress_bar(printer.prog))
     try:
         result = compute(req, source, log)
