@@ -60,6 +60,8 @@ def main() -> int:
     opts = ap.parse_args()
     kmod = debcache.kmod_depmod(34)
     moddep = [sys.executable, "-m", "moddep", "depmod"]
+    # an installed package has byte-compiled modules; make sure this checkout has them too
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(TOP / "moddep")], check=True)
     work = Path(tempfile.mkdtemp(prefix="moddep-bench-"))
     empty = work / "conf"
     empty.mkdir()

@@ -57,8 +57,7 @@ def parse_image(data: bytes, path: Optional[str] = None) -> ModuleData:
         undefined, weak, ucrcs = elf.undefined_symbols()
     except ElfError:
         undefined, weak, ucrcs = [], b"", []
-    return ModuleData(tuple(exports), tuple(crcs), tuple(undefined), weak, tuple(ucrcs),
-                      modinfo, error)
+    return ModuleData.build(exports, crcs, undefined, weak, ucrcs, modinfo, error)
 
 
 def read_module(fspath: bytes, limit: int = DEFAULT_LIMIT) -> ModuleData:

@@ -3,29 +3,54 @@
 from __future__ import annotations
 
 import re
+from array import array
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Optional
+from typing import Optional, Sequence
 
 from moddep.modinfo import parse_modinfo
+
+_U64 = "Q" if array("Q").itemsize == 8 else "L"
 
 
 @dataclass(frozen=True)
 class ModuleData:
     """Everything depmod, verify and modinfo need from one module file, as bytes.
 
-    Kept compact (parallel tuples, raw ``.modinfo``) because thousands of these cross process
-    boundaries and the cache. ``error`` is set when the file could not be read as a module
-    (kmod then still lists the module, with no symbols, aliases or dependencies).
+    Kept compact because thousands of these cross process boundaries and the cache: the
+    required symbols travel as one NUL-joined blob and their CRCs as packed 64-bit words (a
+    few objects per module instead of hundreds); :attr:`undefined` and
+    :attr:`undefined_crcs` unpack them on first use. ``error`` is set when the file could not
+    be read as a module (kmod then still lists the module, with no symbols, aliases or
+    dependencies).
     """
 
     exports: tuple[bytes, ...] = ()  # as kmod_elf_get_symbols
     export_crcs: tuple[int, ...] = ()
-    undefined: tuple[bytes, ...] = ()  # as kmod_elf_get_dependency_symbols
-    undefined_weak: bytes = b""  # one byte per undefined symbol: 1 if weak
-    undefined_crcs: tuple[int, ...] = ()
+    undefined_blob: bytes = b""  # required symbols (kmod_elf_get_dependency_symbols), NUL-joined
+    undefined_weak: bytes = b""  # one byte per required symbol: 1 if weak
+    undefined_crc_words: bytes = b""  # one native 64-bit word per required symbol
     modinfo_raw: bytes = b""
     error: Optional[str] = None
+
+    @classmethod
+    def build(cls, exports: Sequence[bytes] = (), export_crcs: Sequence[int] = (),
+              undefined: Sequence[bytes] = (), undefined_weak: bytes = b"",
+              undefined_crcs: Sequence[int] = (), modinfo_raw: bytes = b"",
+              error: Optional[str] = None) -> ModuleData:
+        return cls(tuple(exports), tuple(export_crcs), b"\0".join(undefined), undefined_weak,
+                   array(_U64, undefined_crcs).tobytes(), modinfo_raw, error)
+
+    @cached_property
+    def undefined(self) -> tuple[bytes, ...]:
+        """Required symbol names, in kmod's order (one per byte of :attr:`undefined_weak`)."""
+        return tuple(self.undefined_blob.split(b"\0")) if self.undefined_weak else ()
+
+    @cached_property
+    def undefined_crcs(self) -> tuple[int, ...]:
+        words = array(_U64)
+        words.frombytes(self.undefined_crc_words)
+        return tuple(words)
 
     @cached_property
     def modinfo(self) -> list[tuple[bytes, bytes]]:
@@ -38,4 +63,9 @@ class ModuleData:
         if key + b"=" not in raw:
             return []
         # strings start at the beginning or after a NUL; the value runs to the next NUL
-        return re.findall(b"(?:^|\0)" + re.escape(key) + b"=([^\0]*)", raw)
+        return re.findall(b"(?:^|\\0)" + re.escape(key) + b"=([^\\0]*)", raw)
+
+    def __getstate__(self) -> dict[str, object]:
+        """Pickle the stored fields only, never the unpacked caches."""
+        return {k: v for k, v in self.__dict__.items()
+                if k not in ("undefined", "undefined_crcs", "modinfo")}

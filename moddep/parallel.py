@@ -28,42 +28,36 @@ def default_jobs() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-_WORK: Optional[Callable[[bytes], object]] = None
-
-
-def _chunk(paths: list[bytes]) -> list[object]:
-    assert _WORK is not None
-    return [_WORK(p) for p in paths]
-
-
 def map_files(fn: Callable[[bytes], T], paths: Sequence[bytes], jobs: int,
               progress: Optional[Progress] = None) -> list[T]:
-    """``[fn(p) for p in paths]`` on ``jobs`` forked processes, in order."""
+    """``[fn(p) for p in paths]`` on ``jobs`` processes, in order.
+
+    The paths are dealt out round-robin (neighbours in module order are alike in size); the
+    parent works through the first share itself while forked children do the others, so
+    only the children's results cross a process boundary.
+    """
     total = len(paths)
     if jobs <= 1 or total < MIN_PARALLEL:
-        out = []
-        for i, p in enumerate(paths):
-            out.append(fn(p))
-            if progress and not i % 64:
-                progress(i, total)
-        return out
-    import multiprocessing
+        jobs = 1
+    shares = [list(paths[i::jobs]) for i in range(jobs)]
 
-    global _WORK
-    _WORK = fn  # inherited by the forked workers
-    # interleaved chunks balance big and small modules across workers
-    nchunks = min(total, jobs * 16)
-    chunks = [list(paths[i::nchunks]) for i in range(nchunks)]
-    results: list[Optional[T]] = [None] * total
-    done = 0
-    ctx = multiprocessing.get_context("fork")
-    with ctx.Pool(jobs) as pool:
-        for i, res in enumerate(pool.imap(_chunk, chunks)):
-            results[i::nchunks] = res  # type: ignore[assignment]
-            done += len(res)
-            if progress:
-                progress(done, total)
-    return results  # type: ignore[return-value]
+    def task(share: list[bytes], report: bool) -> Callable[[], list[T]]:
+        def run() -> list[T]:
+            out = []
+            for n, p in enumerate(share):
+                out.append(fn(p))
+                if report and progress and not n % 32:
+                    progress(min(total, n * jobs), total)
+            return out
+        return run
+
+    results = fork_join([task(share, i == 0) for i, share in enumerate(shares)], jobs)
+    if progress:
+        progress(total, total)
+    merged: list[Optional[T]] = [None] * total
+    for i, res in enumerate(results):
+        merged[i::jobs] = res  # type: ignore[assignment]
+    return merged  # type: ignore[return-value]
 
 
 class ModuleSource:
