@@ -172,9 +172,20 @@ def _depends(path: Path) -> list[str]:
 def stage(tree: debcache.KernelTree, dest: Path) -> dict[str, str]:
     """Copy WANTED (and what they depend on) from ``tree`` into ``dest`` and index it with
     moddep's depmod; returns guest paths of some modules."""
+    paths = stage_modules(tree, dest, WANTED, COMPRESS)
+    conf = dest / "etc" / "modprobe.d"
+    conf.mkdir(parents=True)
+    (conf / "moddep-test.conf").write_text(MODPROBE_CONF)
+    return paths
+
+
+def stage_modules(tree: debcache.KernelTree, dest: Path, wanted: tuple[str, ...],
+                  compressions: dict[str, str] | None = None) -> dict[str, str]:
+    """Copy ``wanted`` modules and their dependencies, index them with moddep's depmod."""
+    compressions = compressions or {}
     by_name = {path_to_modname(p.name.encode()).decode(): p
                for p in tree.moddir.rglob("*.ko*")}
-    todo = list(WANTED)
+    todo = list(wanted)
     chosen: set[str] = set()
     while todo:
         name = todo.pop()
@@ -188,9 +199,9 @@ def stage(tree: debcache.KernelTree, dest: Path) -> dict[str, str]:
         src = by_name[name]
         rel = src.relative_to(tree.moddir)
         data = src.read_bytes()
-        if name in COMPRESS:
-            data = compress(data, {"zst": "zstd"}.get(COMPRESS[name], COMPRESS[name]))
-            rel = rel.with_name(rel.name + "." + COMPRESS[name])
+        if name in compressions:
+            data = compress(data, {"zst": "zstd"}.get(compressions[name], compressions[name]))
+            rel = rel.with_name(rel.name + "." + compressions[name])
         out = moddir / rel
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(data)
@@ -198,9 +209,6 @@ def stage(tree: debcache.KernelTree, dest: Path) -> dict[str, str]:
     for extra in ("modules.order", "modules.builtin", "modules.builtin.modinfo"):
         if (tree.moddir / extra).exists():
             shutil.copy(tree.moddir / extra, moddir / extra)
-    conf = dest / "etc" / "modprobe.d"
-    conf.mkdir(parents=True)
-    (conf / "moddep-test.conf").write_text(MODPROBE_CONF)
     empty = dest / "empty-depmod.d"
     empty.mkdir()
     from moddep.cli import main
