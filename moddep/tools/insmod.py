@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import errno
 import os
-import sys
 
-from moddep import __version__
 from moddep.diag import ERROR, INFO
 from moddep.errors import KernelError
-from moddep.runtime.getopt import Getopt, GetoptError, LongOption
+from moddep.runtime.getopt import LongOption
 from moddep.runtime.kernel import INSMOD_MESSAGES, StripError, insert_file, message
 from moddep.runtime.resolve import absolute
 from moddep.runtime.state import KernelState
-from moddep.tools.modprobe import Output, guarded, kernel_loader, options_from_array, sysroot
+from moddep.tools.modprobe import (
+    Output,
+    guarded,
+    kernel_loader,
+    options_from_array,
+    simple_options,
+    sysroot,
+)
 
 LONG = (
     LongOption("force", False, "f"),
@@ -47,37 +52,21 @@ def main(argv: list[str], prog: str = "insmod") -> int:
 
 
 def _main(argv: list[str], prog: str) -> int:
-    verbose = ERROR
-    syslog = force = False
-    # getopt_long permutes, as for every kmod tool: "insmod FILE -f" forces too
-    parser = Getopt(argv, "fsvVh", LONG)
-    try:
-        for key, _value in parser:
-            if key == "f":
-                force = True
-            elif key == "s":
-                syslog = True
-            elif key == "v":
-                verbose += 1
-            elif key == "h":
-                sys.stdout.write(HELP.format(p=prog))
-                return 0
-            elif key == "V":
-                sys.stdout.write(f"moddep {__version__} (kmod 34 compatible insmod)\n")
-                return 0
-    except GetoptError as e:
-        sys.stderr.write(f"{prog}: {e}\n")
-        return 1
+    opts = simple_options(argv, prog, "fsvVh", LONG, HELP)
+    if isinstance(opts, int):
+        return opts
+    verbose, syslog = opts.verbose, opts.syslog
+    force = opts.force
     root = sysroot()
     out = Output(prog, verbose, root, syslog)
-    if not parser.operands:
+    if not opts.operands:
         out.log(ERROR, "missing filename.")
         return 1
-    filename = parser.operands[0]
+    filename = opts.operands[0]
     if filename == "-":
         out.log(ERROR, "this tool does not support loading from stdin!")
         return 1
-    params = options_from_array([os.fsencode(a) for a in parser.operands[1:]]) or b""
+    params = options_from_array([os.fsencode(a) for a in opts.operands[1:]]) or b""
     path = absolute(os.fsencode(filename))
     try:
         os.stat(path)

@@ -17,11 +17,10 @@ import errno
 import os
 import sys
 
-from moddep import __version__
 from moddep.diag import ERROR
-from moddep.runtime.getopt import Getopt, GetoptError, LongOption
+from moddep.runtime.getopt import LongOption
 from moddep.runtime.state import KernelState
-from moddep.tools.modprobe import Output, guarded, sysroot
+from moddep.tools.modprobe import Output, guarded, simple_options, sysroot
 
 LONG = (
     LongOption("syslog", False, "s"),
@@ -70,27 +69,13 @@ def main(argv: list[str], prog: str = "lsmod") -> int:
 
 
 def _main(argv: list[str], prog: str) -> int:
-    verbose = ERROR
-    syslog = False
-    parser = Getopt(argv, "svVh", LONG)
-    try:
-        for key, _value in parser:
-            if key == "s":
-                syslog = True
-            elif key == "v":
-                verbose += 1
-            elif key == "h":
-                sys.stdout.write(HELP.format(p=prog))
-                return 0
-            elif key == "V":
-                sys.stdout.write(f"moddep {__version__} (kmod 34 compatible lsmod)\n")
-                return 0
-    except GetoptError as e:
-        sys.stderr.write(f"{prog}: {e}\n")
-        return 1
+    opts = simple_options(argv, prog, "svVh", LONG, HELP)
+    if isinstance(opts, int):
+        return opts
+    verbose, syslog = opts.verbose, opts.syslog
     root = sysroot()
     out = Output(prog, verbose, root, syslog)
-    if parser.operands:
+    if opts.operands:
         out.log(ERROR, "too many arguments provided.")
         return 1
     try:

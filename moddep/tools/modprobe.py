@@ -478,3 +478,41 @@ def _show_symbols(resolver: Resolver, out: Output, arg: bytes, log_level: int,
         return 1
     out.show(b"".join(b"0x%08x\t%s\n" % (crc, n) for n, crc in zip(names, crcs)))
     return 0
+
+
+class SimpleOptions:
+    """What insmod, rmmod and lsmod share on their command lines: -f, -s, -v, -V, -h."""
+
+    def __init__(self) -> None:
+        self.force = False
+        self.syslog = False
+        self.verbose = ERROR
+        self.operands: list[str] = []
+
+
+def simple_options(argv: list[str], prog: str, shortopts: str, long: tuple[LongOption, ...],
+                   help_text: str) -> SimpleOptions | int:
+    """Parse a small tool's options the way getopt_long does (operands may come first);
+    an int is the exit status when the tool should stop (help, version, bad option)."""
+    opts = SimpleOptions()
+    parser = Getopt(argv, shortopts, long)
+    try:
+        for key, _value in parser:
+            if key == "f":
+                opts.force = True
+            elif key == "s":
+                opts.syslog = True
+            elif key == "v":
+                opts.verbose += 1
+            elif key == "h":
+                sys.stdout.write(help_text.format(p=prog))
+                return 0
+            elif key == "V":
+                sys.stdout.write(f"moddep {__version__} (kmod 34 compatible {prog})\n")
+                return 0
+    except GetoptError as e:
+        sys.stderr.write(f"{prog}: {e}\n")
+        return 1
+    opts.operands = list(parser.operands)
+    return opts
+

@@ -11,17 +11,22 @@ from __future__ import annotations
 
 import errno
 import os
-import sys
 
-from moddep import __version__
 from moddep.diag import ERROR
 from moddep.errors import KernelError
 from moddep.modinfo import modname_normalize, path_to_modname
-from moddep.runtime.getopt import Getopt, GetoptError, LongOption
+from moddep.runtime.getopt import LongOption
 from moddep.runtime.index import ModuleDir
 from moddep.runtime.kernel import REMOVE_FORCE, REMOVE_NOWAIT
 from moddep.runtime.state import KernelState
-from moddep.tools.modprobe import Output, guarded, kernel_loader, module_dirname, sysroot
+from moddep.tools.modprobe import (
+    Output,
+    guarded,
+    kernel_loader,
+    module_dirname,
+    simple_options,
+    sysroot,
+)
 
 LONG = (
     LongOption("force", False, "f"),
@@ -102,36 +107,21 @@ def main(argv: list[str], prog: str = "rmmod") -> int:
 
 
 def _main(argv: list[str], prog: str) -> int:
-    verbose = ERROR
-    syslog = force = False
-    parser = Getopt(argv, "fsvVh", LONG)
-    try:
-        for key, _value in parser:
-            if key == "f":
-                force = True
-            elif key == "s":
-                syslog = True
-            elif key == "v":
-                verbose += 1
-            elif key == "h":
-                sys.stdout.write(HELP.format(p=prog))
-                return 0
-            elif key == "V":
-                sys.stdout.write(f"moddep {__version__} (kmod 34 compatible rmmod)\n")
-                return 0
-    except GetoptError as e:
-        sys.stderr.write(f"{prog}: {e}\n")
-        return 1
+    opts = simple_options(argv, prog, "fsvVh", LONG, HELP)
+    if isinstance(opts, int):
+        return opts
+    verbose, syslog = opts.verbose, opts.syslog
+    force = opts.force
     root = sysroot()
     out = Output(prog, verbose, root, syslog)
-    if not parser.operands:
+    if not opts.operands:
         out.log(ERROR, "missing module name.")
         return 1
     state = KernelState(root)
     moddir = ModuleDir(module_dirname(None, None, root))
     loader = kernel_loader(root)
     rc = 0
-    for arg in parser.operands:
+    for arg in opts.operands:
         raw = os.fsencode(arg)
         name = path_to_modname(raw) if os.path.exists(raw) else modname_normalize(raw)
         if not name:
