@@ -913,6 +913,23 @@ def _match_one(pattern: bytes, p: int, ch: int) -> int:
     return p + 1 if c == ch else -1
 
 
+def _collating_symbol(at: Callable[[int], int], p: int) -> tuple[int, int]:
+    """A ``[.x.]`` collating symbol whose ``[`` was read (``p`` at the ``.``): the position
+    after its ``.]`` and its character, or (-1, -1) when it is unterminated or is not exactly
+    one character (glibc then fails the match)."""
+    start = p
+    while True:
+        p += 1
+        c = at(p)
+        if c == _DOT and at(p + 1) == _RBRACKET:
+            break
+        if c == 0:
+            return -1, -1
+    if p - start != 2:
+        return -1, -1
+    return p + 2, at(start + 1)
+
+
 def _bracket(pat: bytes, p: int, ch: int) -> int:
     """Match the bracket expression whose ``[`` precedes position ``p`` against ``ch``.
 
@@ -992,21 +1009,10 @@ def _bracket(pat: bytes, p: int, ch: int) -> int:
             collating = True
 
         if collating:
-            sym_start = p
-            length = 0
-            while True:
-                p += 1
-                c = at(p)
-                if c == _DOT and at(p + 1) == _RBRACKET:
-                    p += 2
-                    break
-                if c == 0:
-                    return -1
-                length += 1
-            is_range = at(p) == _MINUS and at(p + 1) != 0
-            if length != 1:
+            p, low = _collating_symbol(at, p)
+            if p < 0:
                 return -1
-            low = pat[sym_start + 1]
+            is_range = at(p) == _MINUS and at(p + 1) != 0
             if not is_range and ch == low:
                 matched = True
                 break
@@ -1022,20 +1028,9 @@ def _bracket(pat: bytes, p: int, ch: int) -> int:
             high = at(p)
             p += 1
             if high == _LBRACKET and at(p) == _DOT:
-                sym_start = p
-                length = 0
-                while True:
-                    p += 1
-                    c2 = at(p)
-                    if c2 == _DOT and at(p + 1) == _RBRACKET:
-                        p += 2
-                        break
-                    if c2 == 0:
-                        return -1
-                    length += 1
-                if length != 1:
+                p, high = _collating_symbol(at, p)
+                if p < 0:
                     return -1
-                high = pat[sym_start + 1]
             else:
                 if high == _BACKSLASH:
                     high = at(p)
