@@ -84,15 +84,18 @@ def build(name: str, spec: dict) -> None:
     (moddir / "modules.order").write_text("".join(order))
     for f in ("modules.builtin", "modules.builtin.modinfo"):
         shutil.copyfile(tree.moddir / f, moddir / f)
-    conf = dest / "etc" / "depmod.d"
-    conf.mkdir(parents=True)
+    # Only a tree with a depmod.d file gets an etc/: git keeps no empty directories, so an
+    # empty etc/depmod.d here would be missing from every checkout.
     if "depmod_d" in spec:
+        conf = dest / "etc" / "depmod.d"
+        conf.mkdir(parents=True)
         (conf / "moddep-sample.conf").write_text(spec["depmod_d"])
     for v in (30, 34):
         work = dest.parent / f".work-{name}-{v}"
         if work.exists():
             shutil.rmtree(work)
         shutil.copytree(dest, work, symlinks=True)
+        (work / "etc" / "depmod.d").mkdir(parents=True, exist_ok=True)
         cmd = [*debcache.kmod_depmod(v), "-b", str(work), "-C", str(work / "etc/depmod.d"),
                tree.kver]
         proc = subprocess.run(cmd, capture_output=True, check=True)
@@ -116,8 +119,8 @@ License: GPL-2.0 (the Linux kernel; source in Debian's `linux` source package, s
 What it shows: {spec['what']}.
 
 `modules.order` keeps the package's lines for these modules; `modules.builtin` and
-`modules.builtin.modinfo` are the package's own. `etc/depmod.d/` is the tree's depmod
-configuration (moddep reads it from the root by default; kmod was given it with `-C`).
+`modules.builtin.modinfo` are the package's own. `etc/depmod.d/`, where present, is the tree's
+depmod configuration (moddep reads it from the root by default; kmod was given it with `-C`).
 
 `expected/kmod30/` and `expected/kmod34/` hold what kmod 30 (Debian bookworm) and kmod 34.2
 (Debian trixie) depmod wrote for this tree (`depmod -b ROOT -C ROOT/etc/depmod.d {tree.kver}`),

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gzip
 import lzma
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
+from test_integrations_support import stage_sample
 
 from moddep.cli import main
 from moddep.compression import decompress
@@ -88,9 +88,7 @@ def test_limit_is_exact() -> None:
 
 def test_depmod_names_the_refused_module(tmp_path: Path,
                                          capsys: pytest.CaptureFixture[str]) -> None:
-    root = tmp_path / "root"
-    shutil.copytree(TREE / "lib", root / "lib")
-    shutil.copytree(TREE / "etc", root / "etc")
+    root = stage_sample(TREE.name, tmp_path / "root")
     big = root / "lib/modules" / KVER / "extra" / "big.ko.zst"
     big.parent.mkdir()
     big.write_bytes(bomb("zstd", 64 * MIB, False))

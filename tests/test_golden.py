@@ -6,10 +6,10 @@ tests need no network. The trees are copied per test; sample_trees/ is never wri
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
+from test_integrations_support import stage_sample
 
 from moddep.cli import main
 
@@ -27,9 +27,7 @@ def _kver(tree: Path) -> str:
 def test_sample_tree_matches_kmod(name: str, kmod: int, tmp_path: Path,
                                   capsys: pytest.CaptureFixture[str]) -> None:
     src = TOP / name
-    root = tmp_path / "root"
-    shutil.copytree(src / "lib", root / "lib")
-    shutil.copytree(src / "etc", root / "etc")
+    root = stage_sample(name, tmp_path / "root")
     kver = _kver(src)
     assert main(["depmod", "--kmod-version", str(kmod), "-b", str(root), kver]) == 0
     expected = src / "expected" / f"kmod{kmod}"

@@ -66,7 +66,7 @@ class Image:
                  pkg: str = "kernel", **settings: str) -> None:
         self.tmp = tmp_path
         self.rootfs = stage_sample("amd64-basic", tmp_path / "rootfs")
-        shutil.rmtree(self.rootfs / "etc")
+        shutil.rmtree(self.rootfs / "etc", ignore_errors=True)
         self.pkgdata = tmp_path / "pkgdata"
         depmod_dir = self.pkgdata / f"{pkg}-depmod"
         depmod_dir.mkdir(parents=True)
