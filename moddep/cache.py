@@ -3,10 +3,15 @@
 Keyed by content, never by time, so a changed module is never served stale and an identical
 one is found again after a reinstall gave it a new mtime:
 
-* a module's **content key** is the SHA-256 of the file as stored (SHA-NI makes hashing a
-  whole distro tree cheaper than any partial scheme's Python overhead);
+* a module's **content key** is the SHA-256 of the bytes its extraction depends on: for an
+  uncompressed ELF module its size and every byte range the extractor reads (headers, the
+  symbol, string, modinfo, version and CRC sections: about a sixth of a distro tree, so a
+  reinstalled tree is re-keyed in a fraction of the time a whole-file hash takes); for a
+  compressed file, or one that is not a readable ELF image, the whole file as stored. The
+  key is computed in the same pass (and from the same mapping) as the extraction itself;
 * ``packs/`` holds, per module directory, the extracted :class:`~moddep.model.ModuleData` of
-  its last run by content key (so a partly changed tree re-extracts only what changed);
+  its last run by content key (so a partly changed tree re-extracts only what changed), and
+  an index of which pack holds each key (so a copy of a tree elsewhere is only re-keyed);
 * ``paths/`` remembers, per module directory, each file's stat identity and key, so unchanged
   files are not even read (any stat change means the key is computed again);
 * ``runs/`` maps a run key — the hash of every input of a depmod run (options, kmod
@@ -20,21 +25,22 @@ The cache lives outside the target root (default ``$XDG_CACHE_HOME/moddep`` or
 from __future__ import annotations
 
 import hashlib
-import mmap
 import os
 import pickle
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 from moddep import __version__
 from moddep.compression import DEFAULT_LIMIT
+from moddep.elf import Image
 from moddep.model import ModuleData
 
 # bump when ModuleData or the extraction changes meaning
-FORMAT = f"moddep-cache-1 {__version__}".encode()
+FORMAT = f"moddep-cache-2 {__version__}".encode()
 KEEP_RUNS = 16
+KEEP_PACKS = 8
 
 
 def default_dir() -> Path:
@@ -42,19 +48,21 @@ def default_dir() -> Path:
     return Path(base) / "moddep"
 
 
-def content_key(fspath: bytes, limit: int = DEFAULT_LIMIT) -> bytes:
-    """SHA-256 of the whole module file (compressed or not), tagged with the cache format."""
-    h = hashlib.sha256(FORMAT + b"%d:" % limit)
-    fd = os.open(fspath, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        try:
-            with mmap.mmap(fd, 0, prot=mmap.PROT_READ) as m:
-                h.update(m)
-        except (ValueError, OSError):  # empty or unmappable: read it
-            with os.fdopen(os.dup(fd), "rb") as f:
-                h.update(f.read())
-    finally:
-        os.close(fd)
+def file_key(raw: bytes, limit: int = DEFAULT_LIMIT) -> bytes:
+    """Key of a module file taken whole: compressed, or not a readable ELF image."""
+    h = hashlib.sha256(FORMAT + b"file %d:" % limit)
+    h.update(raw)
+    return h.digest()
+
+
+def image_key(raw: Image, ranges: Sequence[tuple[int, int]],
+              limit: int = DEFAULT_LIMIT) -> bytes:
+    """Key of an uncompressed ELF module: its size and the byte ranges extraction reads
+    (:meth:`moddep.elf.ElfModule.depmod_inputs`), each with its position."""
+    h = hashlib.sha256(FORMAT + b"elf %d %d:" % (limit, len(raw)))
+    for off, size in ranges:
+        h.update(b"%d+%d:" % (off, size))
+        h.update(raw[off:off + size])
     return h.digest()
 
 
@@ -105,16 +113,49 @@ class Cache:
         self._write(self._paths_file(moddir), keys)
 
     # -- module data -----------------------------------------------------------------------
-    def _pack(self, moddir: bytes) -> Path:
-        return self.dir / "packs" / hashlib.sha256(moddir).hexdigest()[:32]
+    def _pack(self, name: str) -> Path:
+        return self.dir / "packs" / name
 
-    def load_pack(self, moddir: bytes) -> dict[bytes, ModuleData]:
-        """Content key -> ModuleData of the last run over ``moddir``."""
-        obj = self._read(self._pack(moddir))
+    @staticmethod
+    def pack_name(moddir: bytes) -> str:
+        return hashlib.sha256(moddir).hexdigest()[:32]
+
+    def pack_index(self) -> dict[bytes, str]:
+        """Content key -> name of the pack holding its ModuleData (every module directory's
+        last run), so a tree copied elsewhere is found again without extracting it."""
+        obj = self._read(self.dir / "packs" / "index")
         return obj if isinstance(obj, dict) else {}
 
+    def load_packs(self, names: Iterable[str]) -> dict[bytes, ModuleData]:
+        """Content key -> ModuleData, from the named packs."""
+        out: dict[bytes, ModuleData] = {}
+        for name in sorted(set(names)):
+            obj = self._read(self._pack(name))
+            if isinstance(obj, dict):
+                out.update(obj)
+        return out
+
     def save_pack(self, moddir: bytes, data: dict[bytes, ModuleData]) -> None:
-        self._write(self._pack(moddir), data)
+        """Store ``moddir``'s module data (replacing its last pack) and index it; only the
+        :data:`KEEP_PACKS` most recent packs are kept. An index entry whose pack was lost
+        to a concurrent run is only a miss: the module is extracted again."""
+        name = self.pack_name(moddir)
+        self._write(self._pack(name), data)
+        packs = self.dir / "packs"
+        try:
+            entries = sorted((p for p in packs.iterdir() if len(p.name) == 32),
+                             key=lambda p: p.stat().st_mtime)
+        except OSError:
+            return
+        for old in entries[:-KEEP_PACKS]:
+            try:
+                old.unlink()
+            except OSError:
+                pass
+        keep = {p.name for p in entries[-KEEP_PACKS:]}
+        index = {k: v for k, v in self.pack_index().items() if v in keep and v != name}
+        index.update(dict.fromkeys(data, name))
+        self._write(packs / "index", index)
 
     # -- whole runs ------------------------------------------------------------------------
     def _run(self, key: bytes) -> Path:

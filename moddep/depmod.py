@@ -15,7 +15,7 @@ from typing import Optional
 from moddep.cache import RunResult, run_key
 from moddep.compat import KmodGeneration
 from moddep.config import depmod_d
-from moddep.diag import Log, Message, fs
+from moddep.diag import Log, Message, fs, mark
 from moddep.errors import ModdepError
 from moddep.graph import DepModel, KernelSymbols, module_order, resolve
 from moddep.index.outputs import Inputs, generate, wanted
@@ -219,6 +219,7 @@ def compute(req: Request, source: ModuleSource, log: Optional[Log] = None) -> Re
     kernel, kernel_raw = load_kernel_symbols(req, log)
     if req.errsyms and kernel is None:
         log.warning("-e needs -E or -F")
+    mark("start")
     files = discover(req, moddir_k, moddir_fs, log)
     by_name = {f.name: f for f in files}
     order = _read_optional(moddir_fs + b"/modules.order", log, "modules.order", moddir_fs, root)
@@ -230,7 +231,10 @@ def compute(req: Request, source: ModuleSource, log: Optional[Log] = None) -> Re
         builtin_modinfo = _read_optional(moddir_fs + b"/modules.builtin.modinfo", log,
                                          "modules.builtin.modinfo", moddir_fs, root)
     paths = [m.fspath for m in ordered]
-    keys = source.keys(moddir_fs, paths)
+    mark("discovered")
+    loaded = source.load(moddir_fs, paths)
+    keys = loaded.keys
+    mark("keys")
     rkey = None
     if keys is not None and source.cache is not None:
         parts = [b"%d %r %r %r %r %r %r" % (req.gen.version, req.prefix, req.errsyms,
@@ -247,7 +251,8 @@ def compute(req: Request, source: ModuleSource, log: Optional[Log] = None) -> Re
             log.stdout.extend(hit.stdout)
             return Result(hit.outputs, moddir_fs, outdir, None, log)
     first_msg, first_out = len(log.messages), len(log.stdout)
-    data = source.data(paths, keys, moddir_fs)
+    data = loaded.data()
+    mark("data")
     for m, d in zip(ordered, data):
         if d.error is not None:
             log.error(f"failed to load symbols from {fs(m.fspath)}: {d.error}")
@@ -261,12 +266,18 @@ def compute(req: Request, source: ModuleSource, log: Optional[Log] = None) -> Re
         model = resolve(ordered, data, kernel=kernel, prefix=req.prefix,
                         errsyms=req.errsyms and kernel is not None, verbose=req.verbose,
                         log=resolved_log)
-        return model, generate(replace(inputs, model=model), [o for o in todo if o.resolved])
+        mark("resolved")
+        out = generate(replace(inputs, model=model), [o for o in todo if o.resolved])
+        mark("outputs needing the model")
+        return model, out
 
     def without_model() -> tuple[None, list[tuple[str, bytes, list[Message]]]]:
-        return None, generate(inputs, [o for o in todo if not o.resolved])
+        out = generate(inputs, [o for o in todo if not o.resolved])
+        mark("outputs without the model")
+        return None, out
 
     (model, first), (_none, second) = fork_join([with_model, without_model], source.jobs)
+    mark("outputs")
     log.messages.extend(resolved_log.messages)
     log.stdout.extend(resolved_log.stdout)
     done = {name: (content, msgs) for name, content, msgs in first + second}

@@ -48,3 +48,37 @@ def fs(path: bytes) -> str:
     import os
 
     return os.fsdecode(path)
+
+
+class _Timing:
+    """``MODDEP_TIMING=1``: each :func:`mark` prints the seconds since the process started to
+    stderr (for profiling a run's phases; the benchmarks' figures come from outside)."""
+
+    def __init__(self) -> None:
+        import os
+
+        self.on = bool(os.environ.get("MODDEP_TIMING"))
+        self.start = 0.0
+        if self.on:
+            import time
+
+            # the process's start time (field 22 of /proc/self/stat, clock ticks since boot)
+            try:
+                with open("/proc/self/stat", "rb") as f:
+                    ticks = int(f.read().rpartition(b")")[2].split()[19])
+                self.start = ticks / os.sysconf("SC_CLK_TCK")
+            except (OSError, ValueError, IndexError):
+                self.start = time.clock_gettime(time.CLOCK_BOOTTIME)
+
+    def mark(self, label: str) -> None:
+        if self.on:
+            import os
+            import sys
+            import time
+
+            now = time.clock_gettime(time.CLOCK_BOOTTIME) - self.start
+            print(f"moddep timing [{os.getpid()}] {now:7.3f}s {label}", file=sys.stderr)
+
+
+_timing = _Timing()
+mark = _timing.mark

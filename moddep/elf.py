@@ -22,7 +22,7 @@ import struct
 import sys
 from array import array
 from itertools import accumulate, compress
-from typing import Optional
+from typing import Optional, Protocol, overload
 
 from moddep.errors import ElfError
 from moddep.modinfo import parse_modinfo
@@ -58,20 +58,36 @@ _SYMCOLS = {ELFCLASS64: (0, 3, 4, 8), ELFCLASS32: (0, 7, 12, 4)}
 _FIRST = operator.itemgetter(0)
 
 
+class Image(Protocol):
+    """What the reader needs of a module image: ``bytes``, or a file read on demand
+    (:class:`moddep.extract.FileImage`), so only the ranges read are ever copied."""
+
+    def __len__(self) -> int: ...
+
+    @overload
+    def __getitem__(self, key: int) -> int: ...
+
+    @overload
+    def __getitem__(self, key: slice) -> bytes: ...
+
+    def find(self, sub: bytes, start: int, end: int) -> int: ...
+
+
 class ElfModule:
     """The sections of one module image that depmod, modprobe and modinfo need."""
 
-    def __init__(self, data: bytes, path: Optional[str] = None) -> None:
+    def __init__(self, data: Image, path: Optional[str] = None) -> None:
         self.data = data
         self.path = path
         size = len(data)
         if size < 16:
             # kmod: an empty file fails with EINVAL, a short one with ENOEXEC.
             raise ElfError(f"file too short for an ELF header ({size} bytes)", path,
-                           "Invalid argument" if not data else "Exec format error")
-        if data[:4] != ELF_MAGIC:
+                           "Invalid argument" if not size else "Exec format error")
+        head = data[:64]
+        if head[:4] != ELF_MAGIC:
             raise ElfError("not an ELF file (bad magic)", path)
-        cls, enc = data[4], data[5]
+        cls, enc = head[4], head[5]
         if cls not in _EHDR or enc not in (ELFDATA2LSB, ELFDATA2MSB):
             raise ElfError(f"unsupported ELF class/data ({cls}, {enc})", path, "Invalid argument")
         self.elfclass = cls
@@ -82,7 +98,7 @@ class ElfModule:
         if size < ehdr.size:
             raise ElfError("truncated ELF header", path)
         (_type, machine, _version, _entry, _phoff, shoff, _flags, _ehsize, _phentsize, _phnum,
-         shentsize, shnum, shstrndx) = ehdr.unpack_from(data, 0)
+         shentsize, shnum, shstrndx) = ehdr.unpack_from(head, 0)
         self.machine = machine
         if shentsize != _SHENTSIZE[cls]:
             raise ElfError(f"section header size {shentsize}, expected {_SHENTSIZE[cls]}", path)
@@ -100,11 +116,13 @@ class ElfModule:
         self._symtab_cache: Optional[tuple[bytes, int, bytes]] = None
         str_off, str_size = self._shdrs[shstrndx][4:6]
         self._check_range(str_off, str_size, "section name table")
-        if str_size == 0 or data[str_off + str_size - 1] != 0:
-            raise ElfError("section name table is empty or not NUL-terminated", path)
         self._shstrtab = data[str_off:str_off + str_size]
+        if str_size == 0 or self._shstrtab[-1] != 0:
+            raise ElfError("section name table is empty or not NUL-terminated", path)
+        self._shstr_range = (str_off, str_size)
         self._names = list(map(_FIRST, self._shdrs))
         self._found: dict[bytes, int] = {}
+        self._crc_cache: Optional[tuple[list[int], array, array]] = None
         self._first_index: Optional[dict[int, int]] = None
 
     def _check_range(self, offset: int, size: int, what: str) -> None:
@@ -246,6 +264,37 @@ class ElfModule:
         """
         names: list[bytes] = []
         crcs: list[int] = []
+        hits, namecol, shndx = self._crc_symbols()
+        if hits:
+            symtab, _count, strtab = self._symtab()
+            cls = self.elfclass
+            value = struct.Struct(self.endian + ("Q" if cls == ELFCLASS64 else "I"))
+            entsize = _SYMSIZE[cls]
+            voff = _SYMCOLS[cls][3]
+            for i in hits:
+                names.append(self._string(strtab, namecol[i])[6:])
+                v = value.unpack_from(symtab, i * entsize + voff)[0]
+                s = shndx[i]
+                crcs.append(v if s in (SHN_UNDEF, SHN_ABS) else self._section_word(s, v))
+        if names:
+            return names, crcs
+        strings = self.section_data(b"__ksymtab_strings")
+        if not strings:
+            return [], []
+        names = [s for s in strings.split(b"\0") if s]
+        return names, [0] * len(names)
+
+    def _crc_symbols(self) -> tuple[list[int], array, array]:
+        """Indices of the ``__crc_*`` symbols, with the name and st_shndx columns (empty
+        when there are none or .symtab is unusable)."""
+        if self._crc_cache is not None:
+            return self._crc_cache
+        found: tuple[list[int], array, array] = ([], array("I"), array("H"))
+        strtab_hdr = self.section_header(b".strtab")
+        if strtab_hdr is not None and self.data.find(
+                b"__crc_", strtab_hdr[3], strtab_hdr[3] + strtab_hdr[4]) < 0:
+            self._crc_cache = found  # most modules export nothing: no need to read .symtab
+            return found
         try:
             symtab, count, strtab = self._symtab()
         except ElfError:
@@ -261,23 +310,32 @@ class ElfModule:
                 namecol = self._name_column(symtab)
                 hits = list(compress(range(1, count), map(offs.__contains__, namecol[1:])))
                 if hits:
-                    shndx = self._shndx_column(symtab)
-                    cls = self.elfclass
-                    value = struct.Struct(self.endian + ("Q" if cls == ELFCLASS64 else "I"))
-                    entsize = _SYMSIZE[cls]
-                    voff = _SYMCOLS[cls][3]
-                    for i in hits:
-                        names.append(self._string(strtab, namecol[i])[6:])
-                        v = value.unpack_from(symtab, i * entsize + voff)[0]
-                        s = shndx[i]
-                        crcs.append(v if s in (SHN_UNDEF, SHN_ABS) else self._section_word(s, v))
-        if names:
-            return names, crcs
-        strings = self.section_data(b"__ksymtab_strings")
-        if not strings:
-            return [], []
-        names = [s for s in strings.split(b"\0") if s]
-        return names, [0] * len(names)
+                    found = (hits, namecol, self._shndx_column(symtab))
+        self._crc_cache = found
+        return found
+
+    def depmod_inputs(self) -> list[tuple[int, int]]:
+        """(offset, size) of every byte range depmod's extraction reads from this image.
+
+        With the image size, these decide everything :func:`moddep.extract.parse_elf` returns
+        (the cache keys a module by them): the ELF header, the section header table, the
+        section name table, the sections named in the module docstring, and the sections
+        ``__crc_`` symbols point into (whose words are read as CRCs). Code, data and
+        relocations are never read. Ranges may overrun the file; the reader checks that.
+        """
+        ranges = [(0, 64 if self.elfclass == ELFCLASS64 else 52),
+                  (self._shoff, len(self._shdrs) * self._shentsize), self._shstr_range]
+        for name in (b".symtab", b".strtab", b".modinfo", b"__versions",
+                     b"__ksymtab_strings"):
+            hdr = self.section_header(name)
+            if hdr is not None and hdr[1] != SHT_NOBITS:
+                ranges.append((hdr[3], hdr[4]))
+        hits, _names, shndx = self._crc_symbols()
+        if hits:
+            for s in sorted({shndx[i] for i in hits} - {SHN_UNDEF, SHN_ABS}):
+                if s < len(self._shdrs):
+                    ranges.append((self._shdrs[s][4], self._shdrs[s][5]))
+        return ranges
 
     def _section_word(self, index: int, offset: int) -> int:
         """The u32 at ``offset`` in section ``index``; all-ones when out of range (as kmod)."""
@@ -287,7 +345,7 @@ class ElfModule:
         pos = soff + offset
         if offset + 4 > ssize or pos + 4 > len(self.data):
             return 0xFFFFFFFF
-        return int(struct.unpack_from(self.endian + "I", self.data, pos)[0])
+        return int(struct.unpack(self.endian + "I", self.data[pos:pos + 4])[0])
 
     def versions(self) -> tuple[list[bytes], list[int]]:
         """``__versions`` names and CRCs; empty when absent or not a multiple of 64 bytes."""

@@ -7,10 +7,11 @@ because kmod keeps a module it cannot parse (with no symbols) and carries on.
 
 from __future__ import annotations
 
-import mmap
 import os
-from typing import Optional, Union
+import stat
+from typing import Container, Optional, Union, overload
 
+from moddep.cache import file_key, image_key
 from moddep.compression import DEFAULT_LIMIT, decompress, detect
 from moddep.elf import ElfModule
 from moddep.errors import ElfError, ModdepError
@@ -24,18 +25,73 @@ def load_image(fspath: bytes, limit: int = DEFAULT_LIMIT) -> bytes:
     return decompress(data, fspath.decode(errors="surrogateescape"), limit)
 
 
-def _map(fspath: bytes) -> Union[bytes, mmap.mmap]:
-    """The file mapped read-only (only the pages of the sections read are touched), or its
-    bytes when it is empty or cannot be mapped."""
+class FileImage:
+    """A module file read on demand with ``pread``: only the ranges asked for are copied, each
+    once (the cache key and the extraction read the same ones).
+
+    Cheaper here than ``mmap``: mapping and unmapping thousands of files costs more in page
+    table work than copying the few sections depmod reads.
+    """
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd = fd
+        self.size = size
+        self._read: dict[tuple[int, int], bytes] = {}
+
+    def __len__(self) -> int:
+        return self.size
+
+    @overload
+    def __getitem__(self, key: int) -> int: ...
+
+    @overload
+    def __getitem__(self, key: slice) -> bytes: ...
+
+    def __getitem__(self, key: Union[int, slice]) -> Union[int, bytes]:
+        if isinstance(key, int):
+            return self.range(key, 1)[0]
+        start, stop, step = key.indices(self.size)
+        if step != 1:
+            raise ValueError("FileImage slices are contiguous")
+        return self.range(start, stop - start)
+
+    def range(self, offset: int, size: int) -> bytes:
+        """``size`` bytes at ``offset`` (fewer at the end of the file)."""
+        if size <= 0 or offset >= self.size:
+            return b""
+        key = (offset, size)
+        got = self._read.get(key)
+        if got is None:
+            got = os.pread(self.fd, size, offset)
+            while len(got) < size and offset + len(got) < self.size:  # a short read
+                more = os.pread(self.fd, size - len(got), offset + len(got))
+                if not more:
+                    break
+                got += more
+            self._read[key] = got
+        return got
+
+    def find(self, sub: bytes, start: int, end: int) -> int:
+        start = max(0, start)
+        pos = self[start:end].find(sub)
+        return pos + start if pos >= 0 else -1
+
+
+def _open(fspath: bytes) -> Union[bytes, FileImage]:
+    """A regular file as a :class:`FileImage` (the caller closes its fd), anything else read
+    whole (a pipe, /proc, ...)."""
     fd = os.open(fspath, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        try:
-            return mmap.mmap(fd, 0, prot=mmap.PROT_READ)
-        except (ValueError, OSError):  # empty file, or not mappable (a pipe, /proc, ...)
-            with os.fdopen(os.dup(fd), "rb") as f:
-                return f.read()
-    finally:
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode):
+            return FileImage(fd, st.st_size)
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read()
+    except BaseException:
         os.close(fd)
+        raise
+    os.close(fd)
+    return data
 
 
 def parse_image(data: bytes, path: Optional[str] = None) -> ModuleData:
@@ -44,6 +100,11 @@ def parse_image(data: bytes, path: Optional[str] = None) -> ModuleData:
         elf = ElfModule(data, path)
     except ElfError as e:
         return ModuleData(error=f"{e.errno_text} ({e.message})")
+    return parse_elf(elf)
+
+
+def parse_elf(elf: ElfModule) -> ModuleData:
+    """:func:`parse_image` on an image already opened as an :class:`ElfModule`."""
     error = None
     try:
         exports, crcs = elf.exported_symbols()
@@ -62,18 +123,46 @@ def parse_image(data: bytes, path: Optional[str] = None) -> ModuleData:
 
 def read_module(fspath: bytes, limit: int = DEFAULT_LIMIT) -> ModuleData:
     """:func:`load_image` then :func:`parse_image`; I/O and format errors become ``error``."""
+    return read_keyed(fspath, limit, None)[1]  # type: ignore[return-value]
+
+
+def read_keyed(fspath: bytes, limit: int = DEFAULT_LIMIT,
+               known: Optional[Container[bytes]] = ()) -> tuple[bytes, Optional[ModuleData]]:
+    """(cache key, ModuleData) of one module file, in one pass over its bytes.
+
+    The key (:func:`moddep.cache.image_key` / :func:`~moddep.cache.file_key`) is computed
+    first; when it is in ``known`` the data is not extracted (None). ``known=None`` means no
+    cache: no key (``b""``), always extracted. I/O and format errors become ``error``.
+    """
     path = fspath.decode(errors="surrogateescape")
     try:
-        raw = _map(fspath)
-    except OSError as e:
-        return ModuleData(error=e.strerror or str(e))
+        raw = _open(fspath)
+    except OSError as e:  # no key: a run with an unreadable module is not cached
+        return b"", ModuleData(error=e.strerror or str(e))
     try:
-        if detect(raw[:8]) is None:
-            return parse_image(raw, path)  # type: ignore[arg-type]
-        data = decompress(raw[:], path, limit)
-    except ModdepError as e:
-        return ModuleData(error=e.message)
+        if detect(raw[:8]) is not None:
+            whole = raw[:]
+            key = b"" if known is None else file_key(whole, limit)
+            if known is not None and key in known:
+                return key, None
+            try:
+                data = decompress(whole, path, limit)
+            except ModdepError as e:
+                return key, ModuleData(error=e.message)
+            return key, parse_image(data, path)
+        try:
+            elf = ElfModule(raw, path)
+        except ElfError as e:
+            key = b"" if known is None else file_key(raw[:], limit)
+            if known is not None and key in known:
+                return key, None
+            return key, ModuleData(error=f"{e.errno_text} ({e.message})")
+        key = b"" if known is None else image_key(raw, elf.depmod_inputs(), limit)
+        if known is not None and key in known:
+            return key, None
+        return key, parse_elf(elf)
+    except OSError as e:  # a read failing half way
+        return b"", ModuleData(error=e.strerror or str(e))
     finally:
-        if isinstance(raw, mmap.mmap):
-            raw.close()
-    return parse_image(data, path)
+        if isinstance(raw, FileImage):
+            os.close(raw.fd)

@@ -8,9 +8,9 @@ from __future__ import annotations
 import os
 from typing import Callable, Optional, Sequence, TypeVar
 
-from moddep.cache import Cache, content_key, stat_identity
+from moddep.cache import Cache, stat_identity
 from moddep.compression import DEFAULT_LIMIT
-from moddep.extract import read_module
+from moddep.extract import read_keyed, read_module
 from moddep.model import ModuleData
 
 T = TypeVar("T")
@@ -29,23 +29,26 @@ def default_jobs() -> int:
 
 
 def map_files(fn: Callable[[bytes], T], paths: Sequence[bytes], jobs: int,
-              progress: Optional[Progress] = None) -> list[T]:
+              progress: Optional[Progress] = None,
+              weights: Optional[Sequence[int]] = None) -> list[T]:
     """``[fn(p) for p in paths]`` on ``jobs`` processes, in order.
 
-    The paths are dealt out round-robin (neighbours in module order are alike in size); the
-    parent works through the first share itself while forked children do the others, so
-    only the children's results cross a process boundary.
+    The paths are dealt into one share per process: by ``weights`` (e.g. file sizes) the
+    heaviest first to the lightest share, so the shares finish together; without weights
+    round-robin (neighbours in module order are alike). The parent works through the first
+    share itself while forked children do the others, so only the children's results cross
+    a process boundary.
     """
     total = len(paths)
     if jobs <= 1 or total < MIN_PARALLEL:
         jobs = 1
-    shares = [list(paths[i::jobs]) for i in range(jobs)]
+    shares = _shares(total, jobs, weights)
 
-    def task(share: list[bytes], report: bool) -> Callable[[], list[T]]:
+    def task(share: list[int], report: bool) -> Callable[[], list[T]]:
         def run() -> list[T]:
             out = []
-            for n, p in enumerate(share):
-                out.append(fn(p))
+            for n, i in enumerate(share):
+                out.append(fn(paths[i]))
                 if report and progress and not n % 32:
                     progress(min(total, n * jobs), total)
             return out
@@ -55,9 +58,64 @@ def map_files(fn: Callable[[bytes], T], paths: Sequence[bytes], jobs: int,
     if progress:
         progress(total, total)
     merged: list[Optional[T]] = [None] * total
-    for i, res in enumerate(results):
-        merged[i::jobs] = res  # type: ignore[assignment]
+    for share, res in zip(shares, results):
+        for i, r in zip(share, res):
+            merged[i] = r
     return merged  # type: ignore[return-value]
+
+
+def _shares(total: int, jobs: int, weights: Optional[Sequence[int]]) -> list[list[int]]:
+    """Indices 0..total-1 split into ``jobs`` shares, each in ascending order."""
+    if jobs <= 1:
+        return [list(range(total))]
+    if weights is None:
+        return [list(range(i, total, jobs)) for i in range(jobs)]
+    loads = [0] * jobs
+    shares: list[list[int]] = [[] for _ in range(jobs)]
+    for i in sorted(range(total), key=weights.__getitem__, reverse=True):
+        j = loads.index(min(loads))
+        shares[j].append(i)
+        loads[j] += weights[i] + 4096  # every file has a fixed cost too
+    for share in shares:
+        share.sort()
+    return shares
+
+
+class Loaded:
+    """The module data of one run's files: keys known up front, data on demand."""
+
+    def __init__(self, source: ModuleSource, moddir: bytes, paths: Sequence[bytes],
+                 keys: Optional[list[bytes]], data: list[Optional[ModuleData]],
+                 packed: Optional[dict[bytes, str]] = None) -> None:
+        self.source = source
+        self.packed = packed or {}  # content key -> pack holding its data
+        self.moddir = moddir
+        self.paths = paths
+        self.keys = keys  # content keys (None: no cache, or a file could not be read)
+        self._data = data
+
+    def data(self) -> list[ModuleData]:
+        """ModuleData of every path, in order: extracted in the key pass, else from the
+        pack of the last run (else extracted now); a changed set is stored as the pack."""
+        out = self._data
+        missing = [i for i, d in enumerate(out) if d is None]
+        changed = len(missing) < len(out)  # something was extracted in the key pass
+        cache = self.source.cache
+        keys = self.keys
+        if missing and cache is not None and keys is not None:
+            where = self.packed
+            pack = cache.load_packs(where[keys[i]] for i in missing if keys[i] in where)
+            for i in missing:
+                out[i] = pack.get(keys[i])
+            missing = [i for i in missing if out[i] is None]
+        if missing:
+            fresh = self.source.extract([self.paths[i] for i in missing])
+            for i, d in zip(missing, fresh):
+                out[i] = d
+            changed = True
+        if changed and cache is not None and keys is not None:
+            cache.save_pack(self.moddir, dict(zip(keys, out)))  # type: ignore[arg-type]
+        return out  # type: ignore[return-value]
 
 
 class ModuleSource:
@@ -70,65 +128,70 @@ class ModuleSource:
         self.limit = limit
         self.progress = progress
 
-    def keys(self, moddir: bytes, paths: Sequence[bytes]) -> Optional[list[bytes]]:
-        """Content keys of ``paths`` (None without a cache); unchanged files are not read."""
-        if self.cache is None:
-            return None
-        known = self.cache.known_keys(moddir)
-        keys: list[Optional[bytes]] = []
+    def extract(self, paths: Sequence[bytes],
+                sizes: Optional[Sequence[int]] = None) -> list[ModuleData]:
+        """ModuleData of every path, in order, extracted (no cache)."""
+        limit = self.limit
+        return map_files(lambda p: read_module(p, limit), paths, self.jobs, self.progress,
+                         sizes)
+
+    def load(self, moddir: bytes, paths: Sequence[bytes]) -> Loaded:
+        """Keys of ``paths`` and whatever data computing them yielded.
+
+        A file whose stat identity the cache knows keeps its key unread. The others are
+        read once, in parallel: key first, then extraction unless the key is in the last
+        run's pack (a reinstalled tree is only re-keyed).
+        """
+        cache = self.cache
+        if cache is None:
+            sizes = [_size(p) for p in paths]
+            return Loaded(self, moddir, paths, None, list(self.extract(paths, sizes)))
+        known = cache.known_keys(moddir)
+        packed = cache.pack_index()
+        keys: list[bytes] = []
         ids = []
+        sizes = []
         todo = []
         for i, p in enumerate(paths):
             try:
-                ident = stat_identity(os.stat(p))
+                st = os.stat(p)
+                ident = stat_identity(st)
+                sizes.append(st.st_size)
             except OSError:
                 ident = ()
+                sizes.append(0)
             ids.append(ident)
             hit = known.get(p)
             if hit is not None and ident and hit[0] == ident:
                 keys.append(hit[1])
             else:
-                keys.append(None)
+                keys.append(b"")
                 todo.append(i)
+        data: list[Optional[ModuleData]] = [None] * len(paths)
         if todo:
             limit = self.limit
-            fresh = map_files(lambda p: content_key(p, limit), [paths[i] for i in todo],
-                              self.jobs)
-            for i, k in zip(todo, fresh):
+            fresh = map_files(lambda p: read_keyed(p, limit, packed),
+                              [paths[i] for i in todo], self.jobs, self.progress,
+                              [sizes[i] for i in todo])
+            for i, (k, d) in zip(todo, fresh):
                 keys[i] = k
-            self.cache.save_keys(moddir, {p: (ident, k) for p, ident, k in
-                                          zip(paths, ids, keys) if ident and k})
-        return keys  # type: ignore[return-value]
+                data[i] = d
+            cache.save_keys(moddir, {p: (ident, k) for p, ident, k in
+                                     zip(paths, ids, keys) if ident and k})
+        return Loaded(self, moddir, paths, keys if all(keys) else None, data, packed)
 
-    def data(self, paths: Sequence[bytes], keys: Optional[Sequence[bytes]],
-             moddir: bytes = b"") -> list[ModuleData]:
-        """ModuleData of every path, in order (cached data reused, the new set stored)."""
-        out: list[Optional[ModuleData]] = [None] * len(paths)
-        todo = list(range(len(paths)))
-        pack: dict[bytes, ModuleData] = {}
-        if self.cache is not None and keys is not None:
-            pack = self.cache.load_pack(moddir)
-            todo = []
-            for i, k in enumerate(keys):
-                d = pack.get(k)
-                if d is None:
-                    todo.append(i)
-                else:
-                    out[i] = d
-        limit = self.limit
-        fresh = map_files(lambda p: read_module(p, limit), [paths[i] for i in todo], self.jobs,
-                          self.progress)
-        for i, d in zip(todo, fresh):
-            out[i] = d
-        if self.cache is not None and keys is not None and todo:
-            self.cache.save_pack(moddir, dict(zip(keys, out)))  # type: ignore[arg-type]
-        return out  # type: ignore[return-value]
+
+def _size(path: bytes) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
 
 
 def extract_all(paths: Sequence[bytes], jobs: Optional[int] = None,
                 limit: int = DEFAULT_LIMIT) -> list[ModuleData]:
     """ModuleData of every path, in order, without a cache."""
-    return ModuleSource(jobs, None, limit).data(paths, None)
+    return ModuleSource(jobs, None, limit).extract(paths)
 
 
 def fork_join(tasks: Sequence[Callable[[], T]], jobs: int) -> list[T]:

@@ -72,6 +72,7 @@ class Module:
     # (name, info, shndx, value) appended verbatim
     no_symtab: bool = False
     modinfo_raw: Optional[bytes] = None
+    text: bytes = b""  # a .text section (bytes depmod never reads), when non-empty
 
     def build(self) -> bytes:
         t = _types(self.bits, self.big)
@@ -92,6 +93,8 @@ class Module:
         modinfo = self.modinfo_raw
         if modinfo is None:
             modinfo = b"".join(k + b"=" + v + b"\0" for k, v in self.modinfo)
+        if self.text:
+            sections.append((b".text", 1, self.text))
         sections.append((b".modinfo", 1, modinfo))
         if self.versions:
             rec = bytearray()

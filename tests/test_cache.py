@@ -12,7 +12,11 @@ from kofactory import Module
 from synth import KVER, make_tree
 
 import moddep.extract
+from moddep.cache import image_key
 from moddep.cli import main
+from moddep.elf import ElfModule
+from moddep.errors import ElfError
+from moddep.extract import parse_elf, parse_image
 
 
 def _mod(exports: list[bytes], needs: list[bytes], alias: bytes) -> bytes:
@@ -40,8 +44,8 @@ def _no_extraction(monkeypatch: pytest.MonkeyPatch) -> None:
     def fail(*_a: object, **_k: object) -> None:
         raise AssertionError("module extracted although the cache should serve it")
 
-    monkeypatch.setattr(moddep.extract, "read_module", fail)
-    monkeypatch.setattr("moddep.parallel.read_module", fail)
+    monkeypatch.setattr(moddep.extract, "parse_elf", fail)
+    monkeypatch.setattr(moddep.extract, "parse_image", fail)
 
 
 def test_rerun_is_served_from_cache_and_identical(tree: Path,
@@ -89,16 +93,16 @@ def test_partial_change_reextracts_only_that_module(tree: Path,
     _run(tree)
     path = tree / "lib/modules" / KVER / "kernel/m7.ko"
     path.write_bytes(_mod([b"s7"], [], b"changed"))
-    seen: list[bytes] = []
-    real = moddep.extract.read_module
+    seen: list[str] = []
+    real = moddep.extract.parse_elf
 
-    def spy(p: bytes, *a: int) -> object:
-        seen.append(p)
-        return real(p, *a)
+    def spy(elf: ElfModule) -> object:
+        seen.append(str(elf.path))
+        return real(elf)
 
-    monkeypatch.setattr("moddep.parallel.read_module", spy)
+    monkeypatch.setattr(moddep.extract, "parse_elf", spy)
     out = _run(tree, "-j1")
-    assert [os.path.basename(p) for p in seen] == [b"m7.ko"]
+    assert [os.path.basename(p) for p in seen] == ["m7.ko"]
     assert b"alias changed m7\n" in out["modules.alias"]
 
 
@@ -108,3 +112,32 @@ def test_cache_inside_root_is_refused(tree: Path, monkeypatch: pytest.MonkeyPatc
     _run(tree)
     assert "is inside the root" in capsys.readouterr().err
     assert not (tree / "var").exists()
+
+
+@pytest.mark.parametrize("crc_mode", ["kcrctab", "abs"])
+@pytest.mark.parametrize("bits", [64, 32])
+def test_key_covers_every_byte_extraction_reads(crc_mode: str, bits: int) -> None:
+    """Flip each byte of a module in turn: whenever the cache key stays the same, the
+    extracted data must too (so an unchanged key can never serve stale data); bytes outside
+    the read ranges (code, an unreferenced __kcrctab) leave the key alone."""
+    image = Module(bits=bits, big=bits == 32, crc_mode=crc_mode,
+                   exports=[(b"e1", 0x1234), (b"e2", 7)],
+                   undefined=[(b"u", False), (b"w", True)],
+                   versions=[(b"u", 5), (b"module_layout", 9)],
+                   modinfo=[(b"alias", b"pci:v*"), (b"depends", b"")],
+                   text=bytes(range(64))).build()
+    base = parse_image(image)
+    assert base.exports == (b"e1", b"e2") and base.error is None
+    key = image_key(image, ElfModule(image).depmod_inputs())
+    unchanged = 0
+    for pos in range(len(image)):
+        flipped = image[:pos] + bytes([image[pos] ^ 0x41]) + image[pos + 1:]
+        try:
+            elf = ElfModule(flipped)
+        except ElfError:
+            continue  # such a file is keyed whole
+        if image_key(flipped, elf.depmod_inputs()) == key:
+            unchanged += 1
+            assert parse_elf(elf) == base, f"byte {pos} changes the data but not the key"
+    # .text (64 bytes) is never read; with SHN_ABS CRCs neither is __kcrctab (8 bytes)
+    assert unchanged >= 64 + (8 if crc_mode == "abs" else 0)

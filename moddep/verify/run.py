@@ -138,7 +138,7 @@ def _load_modules(req: Request, source: ModuleSource) -> tuple[list[ModuleFile],
     files = discover(req, moddir_k, moddir_fs, quiet)
     order = _read(moddir_fs + b"/modules.order")
     ordered = module_order({f.name: f for f in files}, order, "modules.order", req.gen, quiet)
-    return ordered, source.data([m.fspath for m in ordered], None, moddir_fs)
+    return ordered, source.extract([m.fspath for m in ordered])
 
 
 def _read(path: bytes) -> Optional[bytes]:
