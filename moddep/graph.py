@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass
+from functools import cached_property
 from itertools import compress
 from typing import Optional, Sequence
 
@@ -90,11 +91,29 @@ class DepModel:
     deps: tuple[tuple[int, ...], ...]  # direct dependencies, sorted by dep order
     closure: tuple[tuple[int, ...], ...]  # modules.dep line: all dependencies, sorted
     symbols: tuple[tuple[bytes, int], ...]  # (symbol, owner index) in kmod hash order
-    via: dict[tuple[int, int], tuple[bytes, ...]]  # (user, provider) -> symbols used
+    prefix: bytes = b""  # the symbol prefix stripped (-P)
+
+    @cached_property
+    def via(self) -> dict[tuple[int, int], tuple[bytes, ...]]:
+        """(user, provider) -> the symbols the user takes from the provider, in the user's
+        order (what ``why`` and verify explain; depmod's outputs never need it)."""
+        owner_of = dict(self.symbols)
+        get = owner_of.get
+        out: dict[tuple[int, int], list[bytes]] = {}
+        for i, d in enumerate(self.data):
+            for name in d.undefined:
+                key = _lookup_key(name, self.prefix)
+                owner = get(key)
+                if owner is not None:
+                    out.setdefault((i, owner), []).append(key)
+        return {k: tuple(v) for k, v in out.items()}
 
     @property
     def names(self) -> list[bytes]:
         return [f.name for f in self.files]
+
+
+_OWNER = operator.itemgetter(0)
 
 
 def resolve(files: Sequence[ModuleFile], data: Sequence[ModuleData], *,
@@ -117,15 +136,15 @@ def resolve(files: Sequence[ModuleFile], data: Sequence[ModuleData], *,
                 name = name[plen:]
             table[name] = (i, crc)
 
-    deps: list[list[int]] = [[] for _ in range(n)]
+    deps: list[list[int]] = []
     users = [0] * n
-    via: dict[tuple[int, int], list[bytes]] = {}
-    check = kernel is not None and kernel.check_crcs
+    check = kernel is not None and kernel.check_crcs and errsyms
     get = table.get
     for i, d in enumerate(data):
         und = d.undefined
         keys: Sequence[bytes] = und
-        if plen or any(k[:1] == b"." for k in und):
+        blob = d.undefined_blob
+        if plen or blob[:1] == b"." or b"\0." in blob:
             keys = [_lookup_key(k, prefix) for k in und]
         hits = list(map(get, keys))
         if errsyms:
@@ -133,34 +152,29 @@ def resolve(files: Sequence[ModuleFile], data: Sequence[ModuleData], *,
             for j in compress(range(len(hits)), map(operator.not_, hits)):
                 if not weak[j]:
                     log.warning(f"{fs(files[i].fspath)} needs unknown symbol {fs(und[j])}")
-        mine = deps[i]
-        # only resolved symbols matter from here: iterate the hits alone
-        for j in compress(range(len(hits)), hits):
-            owner, kcrc = hits[j]  # type: ignore[misc]
-            if check and errsyms and kcrc != d.undefined_crcs[j] and not d.undefined_weak[j]:
-                log.warning(f"{fs(files[i].fspath)} disagrees about version of symbol "
-                            f"{fs(und[j])}")
-            if owner < 0:
-                continue
-            edge = (i, owner)
-            used = via.get(edge)
-            if used is None:
-                via[edge] = [keys[j]]
-                mine.append(owner)
-                users[owner] += 1
-                if verbose:
-                    log.show(b'%s needs "%s": %s\n' % (files[i].fspath, keys[j],
-                                                       files[owner].fspath))
-            else:
-                used.append(keys[j])
+            if check:
+                for j in compress(range(len(hits)), hits):
+                    if hits[j][1] != d.undefined_crcs[j] and not d.undefined_weak[j]:  # type: ignore[index]
+                        log.warning(f"{fs(files[i].fspath)} disagrees about version of "
+                                    f"symbol {fs(und[j])}")
+        # providers in first-use order (kmod adds a dependency once, on its first symbol)
+        owners = list(map(_OWNER, filter(None, hits)))
+        mine = [o for o in dict.fromkeys(owners) if o >= 0]
+        deps.append(mine)
+        for o in mine:
+            users[o] += 1
+        if verbose:
+            first = dict(zip(reversed(owners), reversed(list(compress(range(len(hits)), hits)))))
+            for o in mine:
+                log.show(b'%s needs "%s": %s\n' % (files[i].fspath, keys[first[o]],
+                                                   files[o].fspath))
 
     dep_order = _toposort(deps, users, files, log)
     sorted_deps = tuple(tuple(sorted(ds, key=dep_order.__getitem__)) for ds in deps)
     closure = _closures(sorted_deps, dep_order)
     owned_all = [(name, owner) for name, (owner, _crc) in table.items() if owner >= 0]
     owned = [owned_all[i] for i in kmodhash.order([n for n, _o in owned_all], SYMBOL_BUCKETS)]
-    return DepModel(tuple(files), tuple(data), sorted_deps, closure, tuple(owned),
-                    {k: tuple(v) for k, v in via.items()})
+    return DepModel(tuple(files), tuple(data), sorted_deps, closure, tuple(owned), prefix)
 
 
 def _lookup_key(name: bytes, prefix: bytes) -> bytes:

@@ -57,6 +57,11 @@ class ModuleData:
         """(key, value) pairs in file order (parsed once, on first use)."""
         return parse_modinfo(self.modinfo_raw)
 
+    @cached_property
+    def aliases(self) -> list[bytes]:
+        """The ``alias`` values (several outputs read them)."""
+        return self.values(b"alias")
+
     def values(self, key: bytes) -> list[bytes]:
         """All modinfo values of ``key``, in file order."""
         raw = self.modinfo_raw
@@ -68,4 +73,4 @@ class ModuleData:
     def __getstate__(self) -> dict[str, object]:
         """Pickle the stored fields only, never the unpacked caches."""
         return {k: v for k, v in self.__dict__.items()
-                if k not in ("undefined", "undefined_crcs", "modinfo")}
+                if k not in ("undefined", "undefined_crcs", "modinfo", "aliases")}

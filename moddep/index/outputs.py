@@ -68,7 +68,7 @@ def _modinfo_lines(inp: Inputs, key: bytes, header: bytes, name_first: bool) -> 
     """``KEY value name`` (aliases) or ``KEY name value`` lines for every ``key`` value."""
     out = [header]
     for f, d in zip(inp.files, inp.data):
-        for v in d.values(key):
+        for v in (d.aliases if key == b"alias" else d.values(key)):
             out.append(b" ".join((key, f.name, v) if name_first else (key, v, f.name)) + b"\n")
     return b"".join(out)
 
@@ -125,10 +125,12 @@ def _major_minor(value: bytes, prefix: bytes) -> Optional[tuple[int, int]]:
 def modules_devname(inp: Inputs) -> bytes:
     out: list[bytes] = []
     for f, d in zip(inp.files, inp.data):
+        if b"alias=devname:" not in d.modinfo_raw:
+            continue  # most modules: no devname, so no line whatever else they have
         devname = None
         kind = b""
         major = minor = 0
-        for v in d.values(b"alias"):
+        for v in d.aliases:
             if v.startswith(b"devname:"):
                 devname = v[8:]
             else:
@@ -194,7 +196,7 @@ def modules_dep_bin(inp: Inputs) -> bytes:
 def alias_entries(inp: Inputs) -> list[tuple[bytes, bytes, int]]:
     entries = []
     for i, (f, d) in enumerate(zip(inp.files, inp.data)):
-        for v in d.values(b"alias"):
+        for v in d.aliases:
             key = alias_normalize(v)
             if key is None:
                 inp.log.warning(f"Unmatched bracket in {fs(v)}")
