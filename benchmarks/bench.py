@@ -1,16 +1,21 @@
 """moddep depmod against kmod 34.2's depmod, side by side on the full Debian amd64 tree.
 
     python3 benchmarks/bench.py [--runs 5] [--arch amd64] [--cases none,xz,zst,rerun,reinstall]
+                                [--in-place]
 
 Fetches (cached, through tests/debcache.py) the Debian linux-image package, its xz- and
-zstd-compressed variants and kmod 34.2, then for each case runs kmod and moddep alternately
-(``--runs`` each) on hard-link copies of the tree and prints median wall times, the ratio
-moddep/kmod and peak RSS (the largest single process: kmod is one process, moddep's workers
-are forked).
+zstd-compressed variants and kmod 34.2, installs this checkout into a private virtualenv
+(``~/.cache/moddep-bench/venv``: the console script as a user runs it, byte-compiled, without
+whatever this machine's base Python loads at start-up; ``--in-place`` runs ``python -m moddep``
+from the checkout instead), then for each case runs kmod and moddep alternately (``--runs``
+each) and prints median wall times, the ratio moddep/kmod and peak RSS (the largest single
+process: kmod is one process, moddep's workers are forked).
 
-Cases: ``none``/``xz``/``zst``: cold (moddep with an empty cache directory each run);
-``rerun``: the same tree again with a warm cache; ``reinstall``: a fresh copy of the same
-files (new inodes and mtimes) before every run, warm cache. Output is a Markdown table.
+Each tool works on its own copy of the tree (so neither sees the other's files or inode
+changes). Cases: ``none``/``xz``/``zst``: cold: the index files removed before every run of
+either tool, and moddep's cache directory emptied; ``rerun``: the same tree again, cache warm;
+``reinstall``: a fresh copy of the same files (new inodes and mtimes) before every run of
+either tool, cache warm. Output is a Markdown table.
 """
 
 from __future__ import annotations
@@ -42,14 +47,36 @@ def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, int]:
     return wall, ru.ru_maxrss
 
 
-def fresh_copy(tree: debcache.KernelTree, dest: Path, hardlink: bool = True) -> Path:
+def fresh_copy(tree: debcache.KernelTree, dest: Path, keep_times: bool = True) -> Path:
+    """A private copy of the tree: ``cp -a`` (same mtimes) or ``cp -r`` (new mtimes, as a
+    package reinstall leaves them)."""
     if dest.exists():
         shutil.rmtree(dest)
-    if hardlink:
-        subprocess.run(["cp", "-al", str(tree.root), str(dest)], check=True)
-    else:  # new inodes and mtimes, same contents (a reinstall)
-        subprocess.run(["cp", "-r", str(tree.root), str(dest)], check=True)
+    subprocess.run(["cp", "-a" if keep_times else "-r", str(tree.root), str(dest)], check=True)
     return dest
+
+
+INPUTS = {"modules.order", "modules.builtin", "modules.builtin.modinfo"}
+
+
+def remove_outputs(root: Path, kver: str) -> None:
+    """Delete the index files depmod writes, so the next run starts from none."""
+    for moddir in (root / "lib/modules" / kver, root / "usr/lib/modules" / kver):
+        if moddir.is_dir():
+            for p in moddir.glob("modules.*"):
+                if p.name not in INPUTS:
+                    p.unlink()
+
+
+def installed_moddep() -> list[str]:
+    """This checkout installed (non-editable) into the bench's private virtualenv."""
+    venv = Path.home() / ".cache" / "moddep-bench" / "venv"
+    if not (venv / "bin" / "python").exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
+    subprocess.run([*pip, str(TOP)], check=True)  # with its dependencies, once
+    subprocess.run([*pip, "--no-deps", "--force-reinstall", str(TOP)], check=True)  # this code
+    return [str(venv / "bin" / "moddep"), "depmod"]
 
 
 def main() -> int:
@@ -57,41 +84,52 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--arch", default="amd64")
     ap.add_argument("--cases", default="none,xz,zst,rerun,reinstall")
+    ap.add_argument("--in-place", action="store_true",
+                    help="run 'python -m moddep' from this checkout, not an installed copy")
     opts = ap.parse_args()
     kmod = debcache.kmod_depmod(34)
-    moddep = [sys.executable, "-m", "moddep", "depmod"]
-    # an installed package has byte-compiled modules; make sure this checkout has them too
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(TOP / "moddep")], check=True)
+    env = dict(os.environ)
+    if opts.in_place:
+        moddep = [sys.executable, "-m", "moddep", "depmod"]
+        env["PYTHONPATH"] = str(TOP)
+        # an installed package has byte-compiled modules; make sure this checkout has them too
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(TOP / "moddep")],
+                       check=True)
+    else:
+        moddep = installed_moddep()
     work = Path(tempfile.mkdtemp(prefix="moddep-bench-"))
     empty = work / "conf"
     empty.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(TOP)}
     rows = []
     try:
         for case in opts.cases.split(","):
-            comp = case if case in ("none", "xz", "zst") else "none"
+            cold = case in ("none", "xz", "zst")
+            comp = case if cold else "none"
             tree = debcache.kernel_tree(opts.arch) if comp == "none" else \
                 debcache.compressed_tree(opts.arch, comp)
             cache = work / f"cache-{case}"
+            kroot = fresh_copy(tree, work / "k")
+            mroot = fresh_copy(tree, work / "m")
             k_times, m_times, k_rss, m_rss = [], [], [], []
-            if case in ("rerun", "reinstall"):  # warm the cache once
-                root = fresh_copy(tree, work / "m")
-                timed([*moddep, "-b", str(root), "-C", str(empty), "--cache-dir", str(cache),
-                       tree.kver], env)
+            m_cmd = [*moddep, "-b", str(mroot), "-C", str(empty), "--cache-dir", str(cache),
+                     tree.kver]
+            if not cold:  # warm the cache once
+                timed(m_cmd, env)
             for _ in range(opts.runs):
-                kroot = fresh_copy(tree, work / "k", hardlink=case != "reinstall")
+                if case == "reinstall":
+                    fresh_copy(tree, kroot, keep_times=False)
+                elif cold:
+                    remove_outputs(kroot, tree.kver)
                 wall, rss = timed([*kmod, "-b", str(kroot), "-C", str(empty), tree.kver], env)
                 k_times.append(wall)
                 k_rss.append(rss)
-                if case == "reinstall" or not (work / "m").exists() or case in ("none", "xz",
-                                                                                  "zst"):
-                    mroot = fresh_copy(tree, work / "m", hardlink=case != "reinstall")
-                else:
-                    mroot = work / "m"
-                if case in ("none", "xz", "zst") and cache.exists():
-                    shutil.rmtree(cache)
-                wall, rss = timed([*moddep, "-b", str(mroot), "-C", str(empty), "--cache-dir",
-                                   str(cache), tree.kver], env)
+                if case == "reinstall":
+                    fresh_copy(tree, mroot, keep_times=False)
+                elif cold:
+                    remove_outputs(mroot, tree.kver)
+                    if cache.exists():
+                        shutil.rmtree(cache)
+                wall, rss = timed(m_cmd, env)
                 m_times.append(wall)
                 m_rss.append(rss)
             km, mm = statistics.median(k_times), statistics.median(m_times)
