@@ -46,8 +46,17 @@ def _zstd(data: bytes, limit: int) -> bytes:
     total = pos = 0
     try:
         declared = zstandard.get_frame_parameters(data).content_size
-        if declared != zstandard.CONTENTSIZE_UNKNOWN and declared > limit:
-            raise CompressionError(beyond)
+        if declared != zstandard.CONTENTSIZE_UNKNOWN:
+            if declared > limit:
+                raise CompressionError(beyond)
+            # The frame states its size (kmod's and the kernel's zstd modules do): one call
+            # into a buffer of exactly that size, which zstd refuses to overrun.
+            try:
+                out = zstandard.ZstdDecompressor().decompress(data, max_output_size=declared)
+                if len(out) == declared:
+                    return out
+            except zstandard.ZstdError:
+                pass  # the piecewise path below gives the precise error
         dobj = zstandard.ZstdDecompressor().decompressobj()
         while pos < len(view) and not dobj.eof:
             step = max(_ZSTD_MIN_STEP, (limit - total) // _ZSTD_MAX_RATIO)

@@ -274,6 +274,7 @@ def compute(req: Request, source: ModuleSource, log: Optional[Log] = None) -> Re
     def without_model() -> tuple[None, list[tuple[str, bytes, list[Message]]]]:
         out = generate(inputs, [o for o in todo if not o.resolved])
         mark("outputs without the model")
+        loaded.store()  # the cache's copy of the module data, while the other half resolves
         return None, out
 
     (model, first), (_none, second) = fork_join([with_model, without_model], source.jobs)

@@ -93,13 +93,14 @@ class Loaded:
         self.paths = paths
         self.keys = keys  # content keys (None: no cache, or a file could not be read)
         self._data = data
+        self._changed = False
 
     def data(self) -> list[ModuleData]:
         """ModuleData of every path, in order: extracted in the key pass, else from the
-        pack of the last run (else extracted now); a changed set is stored as the pack."""
+        packs of earlier runs (else extracted now). :meth:`store` saves a changed set."""
         out = self._data
         missing = [i for i, d in enumerate(out) if d is None]
-        changed = len(missing) < len(out)  # something was extracted in the key pass
+        self._changed = len(missing) < len(out)  # something was extracted in the key pass
         cache = self.source.cache
         keys = self.keys
         if missing and cache is not None and keys is not None:
@@ -112,10 +113,14 @@ class Loaded:
             fresh = self.source.extract([self.paths[i] for i in missing])
             for i, d in zip(missing, fresh):
                 out[i] = d
-            changed = True
-        if changed and cache is not None and keys is not None:
-            cache.save_pack(self.moddir, dict(zip(keys, out)))  # type: ignore[arg-type]
+            self._changed = True
         return out  # type: ignore[return-value]
+
+    def store(self) -> None:
+        """Save this run's module data as the module directory's pack, if it changed."""
+        cache = self.source.cache
+        if self._changed and cache is not None and self.keys is not None:
+            cache.save_pack(self.moddir, dict(zip(self.keys, self._data)))  # type: ignore[arg-type]
 
 
 class ModuleSource:
