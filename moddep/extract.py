@@ -50,6 +50,9 @@ class FileImage:
     def __getitem__(self, key: Union[int, slice]) -> Union[int, bytes]:
         if isinstance(key, int):
             return self.range(key, 1)[0]
+        start, stop = key.start, key.stop
+        if key.step is None and start is not None and stop is not None and 0 <= start <= stop:
+            return self.range(start, min(stop, self.size) - start)  # the usual [a:b]
         start, stop, step = key.indices(self.size)
         if step != 1:
             raise ValueError("FileImage slices are contiguous")
