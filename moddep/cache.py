@@ -8,7 +8,7 @@ one is found again after a reinstall gave it a new mtime:
   symbol, string, modinfo, version and CRC sections: about a sixth of a distro tree, so a
   reinstalled tree is re-keyed in a fraction of the time a whole-file hash takes); for a
   compressed file, or one that is not a readable ELF image, the whole file as stored. The
-  key is computed in the same pass (and from the same mapping) as the extraction itself;
+  key is computed in the same pass (and from the same reads) as the extraction itself;
 * ``packs/`` holds, per module directory, the extracted :class:`~moddep.model.ModuleData` of
   its last run by content key (so a partly changed tree re-extracts only what changed), and
   an index of which pack holds each key (so a copy of a tree elsewhere is only re-keyed);
@@ -30,7 +30,7 @@ import pickle
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 from moddep import __version__
 from moddep.compression import DEFAULT_LIMIT
@@ -142,17 +142,9 @@ class Cache:
         name = self.pack_name(moddir)
         self._write(self._pack(name), data)
         packs = self.dir / "packs"
-        try:
-            entries = sorted((p for p in packs.iterdir() if len(p.name) == 32),
-                             key=lambda p: p.stat().st_mtime)
-        except OSError:
+        keep = _keep_newest(packs, KEEP_PACKS, lambda p: len(p.name) == 32)
+        if keep is None:
             return
-        for old in entries[:-KEEP_PACKS]:
-            try:
-                old.unlink()
-            except OSError:
-                pass
-        keep = {p.name for p in entries[-KEEP_PACKS:]}
         index = {k: v for k, v in self.pack_index().items() if v in keep and v != name}
         index.update(dict.fromkeys(data, name))
         self._write(packs / "index", index)
@@ -167,16 +159,24 @@ class Cache:
 
     def save_run(self, key: bytes, result: RunResult) -> None:
         self._write(self._run(key), result)
-        runs = self.dir / "runs"
+        _keep_newest(self.dir / "runs", KEEP_RUNS)
+
+
+def _keep_newest(directory: Path, count: int,
+                 select: Callable[[Path], bool] = lambda p: True) -> Optional[set[str]]:
+    """Delete all but the ``count`` most recently written of the selected entries; the names
+    kept, or None when the directory cannot be listed."""
+    try:
+        entries = sorted((p for p in directory.iterdir() if select(p)),
+                         key=lambda p: p.stat().st_mtime)
+    except OSError:
+        return None
+    for old in entries[:-count]:
         try:
-            entries = sorted(runs.iterdir(), key=lambda p: p.stat().st_mtime)
+            old.unlink()
         except OSError:
-            return
-        for old in entries[:-KEEP_RUNS]:
-            try:
-                old.unlink()
-            except OSError:
-                pass
+            pass
+    return {p.name for p in entries[-count:]}
 
 
 def run_key(parts: Sequence[bytes]) -> bytes:

@@ -117,7 +117,7 @@ class ElfModule:
         str_off, str_size = self._shdrs[shstrndx][4:6]
         self._check_range(str_off, str_size, "section name table")
         self._shstrtab = data[str_off:str_off + str_size]
-        if str_size == 0 or self._shstrtab[-1] != 0:
+        if str_size == 0 or self._shstrtab[-1:] != b"\0":
             raise ElfError("section name table is empty or not NUL-terminated", path)
         self._shstr_range = (str_off, str_size)
         self._names = list(map(_FIRST, self._shdrs))

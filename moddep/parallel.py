@@ -144,8 +144,9 @@ class ModuleSource:
         """Keys of ``paths`` and whatever data computing them yielded.
 
         A file whose stat identity the cache knows keeps its key unread. The others are
-        read once, in parallel: key first, then extraction unless the key is in the last
-        run's pack (a reinstalled tree is only re-keyed).
+        read once, in parallel: key first, then extraction unless some pack (the last run
+        over any module directory) holds that key, so a reinstalled or copied tree is only
+        re-keyed.
         """
         cache = self.cache
         if cache is None:

@@ -141,3 +141,15 @@ def test_key_covers_every_byte_extraction_reads(crc_mode: str, bits: int) -> Non
             assert parse_elf(elf) == base, f"byte {pos} changes the data but not the key"
     # .text (64 bytes) is never read; with SHN_ABS CRCs neither is __kcrctab (8 bytes)
     assert unchanged >= 64 + (8 if crc_mode == "abs" else 0)
+
+
+def test_copy_elsewhere_with_other_options_reuses_module_data(
+        tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A different run (another path, another option) still finds each module's data through
+    the pack index: the copy is only re-keyed, never re-extracted."""
+    _run(tree)
+    other = tmp_path / "other"
+    shutil.copytree(tree, other)
+    plain = _run(other, "--no-cache", "-w")
+    _no_extraction(monkeypatch)
+    assert _run(other, "-w") == plain
