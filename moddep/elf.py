@@ -17,11 +17,10 @@ reader against pyelftools on synthetic and real modules.
 
 from __future__ import annotations
 
-import operator
 import struct
 import sys
 from array import array
-from itertools import accumulate, compress
+from itertools import accumulate, compress, repeat
 from typing import Optional, Protocol, overload
 
 from moddep.errors import ElfError
@@ -43,19 +42,17 @@ SHF_ALLOC = 0x2
 VERSIONS_RECORD = 64
 
 _HOST_BIG = sys.byteorder == "big"
-assert array("H").itemsize == 2 and array("I").itemsize == 4
+assert array("H").itemsize == 2 and array("I").itemsize == 4 and array("Q").itemsize == 8
 
 # Per class: ELF header (from e_type on), section header, symbol entry; and column positions
 # within a symbol entry in units of the column's item size.
 _EHDR = {ELFCLASS64: "16xHHIQQQIHHHHHH", ELFCLASS32: "16xHHIIIIIHHHHHH"}
-_SHDR = {ELFCLASS64: "IIQQQQIIQQ", ELFCLASS32: "IIIIIIIIII"}
 _SHENTSIZE = {ELFCLASS64: 64, ELFCLASS32: 40}
 _SYMSIZE = {ELFCLASS64: 24, ELFCLASS32: 16}
 # (name: index in u32 words, shndx: index in u16 words, info: byte offset, value: byte offset)
 _SYMCOLS = {ELFCLASS64: (0, 3, 4, 8), ELFCLASS32: (0, 7, 12, 4)}
 
 
-_FIRST = operator.itemgetter(0)
 
 
 class Image(Protocol):
@@ -108,19 +105,28 @@ class ElfModule:
                 f"the file ({size} bytes)", path)
         if shstrndx >= shnum:
             raise ElfError(f"section name table index {shstrndx} >= {shnum} sections", path)
-        shdr = struct.Struct(self.endian + _SHDR[cls])
-        # raw section headers: (name, type, flags, addr, offset, size, ...)
-        self._shdrs = list(shdr.iter_unpack(data[shoff:shoff + shnum * shentsize]))
+        # the section header table as columns (one array slice per field, not a tuple per
+        # section): sh_name, sh_type, sh_flags, sh_offset, sh_size
+        table = data[shoff:shoff + shnum * shentsize]
+        words = self._words(table, "I")
+        if cls == ELFCLASS64:
+            wide = self._words(table, "Q")
+            self._sh_name, self._sh_type = words[0::16], words[1::16]
+            self._sh_flags, self._sh_off, self._sh_size = wide[1::8], wide[3::8], wide[4::8]
+        else:
+            self._sh_name, self._sh_type, self._sh_flags = words[0::10], words[1::10], words[2::10]
+            self._sh_off, self._sh_size = words[4::10], words[5::10]
+        self._shnum = shnum
         self._shoff = shoff
         self._shentsize = shentsize
         self._symtab_cache: Optional[tuple[bytes, int, bytes]] = None
-        str_off, str_size = self._shdrs[shstrndx][4:6]
+        str_off, str_size = self._sh_off[shstrndx], self._sh_size[shstrndx]
         self._check_range(str_off, str_size, "section name table")
         self._shstrtab = data[str_off:str_off + str_size]
         if str_size == 0 or self._shstrtab[-1:] != b"\0":
             raise ElfError("section name table is empty or not NUL-terminated", path)
         self._shstr_range = (str_off, str_size)
-        self._names = list(map(_FIRST, self._shdrs))
+        self._names = self._sh_name
         self._found: dict[bytes, int] = {}
         self._crc_cache: Optional[tuple[list[int], array, array]] = None
         self._first_index: Optional[dict[int, int]] = None
@@ -162,8 +168,11 @@ class ElfModule:
         i = self.section_index(name)
         if not i:
             return None
-        _n, stype, flags, _addr, offset, size = self._shdrs[i][:6]
-        return i, stype, flags, offset, size
+        return i, self._sh_type[i], self._sh_flags[i], self._sh_off[i], self._sh_size[i]
+
+    @property
+    def section_count(self) -> int:
+        return self._shnum
 
     def section_header_offset(self, index: int) -> int:
         """File offset of section ``index``'s header (modprobe --force patches it)."""
@@ -324,7 +333,7 @@ class ElfModule:
         relocations are never read. Ranges may overrun the file; the reader checks that.
         """
         ranges = [(0, 64 if self.elfclass == ELFCLASS64 else 52),
-                  (self._shoff, len(self._shdrs) * self._shentsize), self._shstr_range]
+                  (self._shoff, self._shnum * self._shentsize), self._shstr_range]
         for name in (b".symtab", b".strtab", b".modinfo", b"__versions",
                      b"__ksymtab_strings"):
             hdr = self.section_header(name)
@@ -333,15 +342,15 @@ class ElfModule:
         hits, _names, shndx = self._crc_symbols()
         if hits:
             for s in sorted({shndx[i] for i in hits} - {SHN_UNDEF, SHN_ABS}):
-                if s < len(self._shdrs):
-                    ranges.append((self._shdrs[s][4], self._shdrs[s][5]))
+                if s < self._shnum:
+                    ranges.append((self._sh_off[s], self._sh_size[s]))
         return ranges
 
     def _section_word(self, index: int, offset: int) -> int:
         """The u32 at ``offset`` in section ``index``; all-ones when out of range (as kmod)."""
-        if index >= len(self._shdrs):
+        if index >= self._shnum:
             return 0xFFFFFFFF
-        soff, ssize = self._shdrs[index][4:6]
+        soff, ssize = self._sh_off[index], self._sh_size[index]
         pos = soff + offset
         if offset + 4 > ssize or pos + 4 > len(self.data):
             return 0xFFFFFFFF
@@ -394,9 +403,10 @@ class ElfModule:
         if self.machine in (EM_SPARC, EM_SPARCV9):
             und = [i for i in und if info[i] & 0xF != STT_REGISTER]
         offs = list(map(namecol.__getitem__, und))
-        find = strtab.find
-        # an offset past the table gives find() == -1 and an empty name, dropped like kmod's
-        names = [strtab[o:find(b"\0", o)] for o in offs]
+        # each name runs to the next NUL (map/slice keep the loop in C); an offset past the
+        # table gives find() == -1 and an empty name, dropped like kmod's
+        ends = map(strtab.find, repeat(b"\0", len(offs)), offs)
+        names = list(map(strtab.__getitem__, map(slice, offs, ends)))
         weak = bytes(map(info.__getitem__, und)).translate(_WEAK)
         if b"" in names:
             keep = [bool(n) for n in names]
@@ -405,16 +415,21 @@ class ElfModule:
         vnames, vcrcs = self.versions()
         if not vnames:
             return names, weak, [0] * len(names)
-        # first record of each name: build from the end so the earliest index wins
-        first = dict(zip(reversed(vnames), range(len(vnames) - 1, -1, -1)))
-        ks = list(map(first.get, names))
-        crcs = [0 if k is None else vcrcs[k] for k in ks]
-        used = set(ks)
-        if len(used) - (None in used) < len(vnames):
+        # the first record of each name counts: built from the end so the earliest wins
+        crc_of = dict(zip(reversed(vnames), reversed(vcrcs)))
+        crcs = list(map(crc_of.get, names, repeat(0, len(names))))
+        needed = set(names)
+        if len(crc_of) == len(vnames):  # distinct names (the usual case)
+            if needed.issuperset(vnames):
+                return names, weak, crcs
+            extra = [k for k, n in enumerate(vnames) if n not in needed]
+        else:  # a repeated record is never the one matched, so it is listed again
+            first = dict(zip(reversed(vnames), range(len(vnames) - 1, -1, -1)))
+            used = {first[n] for n in needed if n in first}
             extra = [k for k in range(len(vnames)) if k not in used]
-            names += [vnames[k] for k in extra]
-            crcs += [vcrcs[k] for k in extra]
-            weak += bytes(len(extra))
+        names += [vnames[k] for k in extra]
+        crcs += [vcrcs[k] for k in extra]
+        weak += bytes(len(extra))
         return names, weak, crcs
 
 

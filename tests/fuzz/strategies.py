@@ -118,7 +118,7 @@ def elf_fields(data: bytes, max_symbols: int = 48) -> tuple[Field, ...]:
     bits = 64 if elf.elfclass == ELFCLASS64 else 32
     big = elf.big_endian
     out = [Field(off, size, big, name) for name, off, size in _EHDR_FIELDS[bits]]
-    for i in range(len(elf._shdrs)):
+    for i in range(elf.section_count):
         base = elf.section_header_offset(i)
         out += [Field(base + off, size, big, f"{name}[{i}]")
                 for name, off, size in _SHDR_FIELDS[bits]]
