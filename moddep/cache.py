@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
@@ -93,14 +92,20 @@ class Cache:
             return None
 
     def _write(self, path: Path, obj: Any) -> None:
+        # a private temporary name per process (a live process's pid is unique), renamed
+        # into place: readers see the old entry or the new one, never half of one
+        tmp = path.parent / f".tmp-{os.getpid()}-{path.name}"
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             with os.fdopen(fd, "wb") as f:
                 pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
             os.replace(tmp, path)
-        except OSError:
-            pass  # a cache that cannot be written is just a slower run
+        except (OSError, pickle.PicklingError):
+            try:  # a cache that cannot be written is just a slower run
+                os.unlink(tmp)
+            except OSError:
+                pass
 
     # -- path index ------------------------------------------------------------------------
     def _paths_file(self, moddir: bytes) -> Path:
@@ -159,7 +164,7 @@ class Cache:
 
     def save_run(self, key: bytes, result: RunResult) -> None:
         self._write(self._run(key), result)
-        _keep_newest(self.dir / "runs", KEEP_RUNS)
+        _keep_newest(self.dir / "runs", KEEP_RUNS, lambda p: not p.name.startswith("."))
 
 
 def _keep_newest(directory: Path, count: int,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import traceback
 from typing import Callable, Optional, TextIO
 
 from moddep.diag import DEBUG, ERROR, FATAL, LEVEL_NAMES, WARNING, Log
@@ -43,6 +42,8 @@ def run_guarded(prog: str, debug: bool, body: Callable[[], int], printer: Printe
         return body()
     except ModdepError as e:
         if debug:
+            import traceback  # only here: it costs start-up time
+
             traceback.print_exc()
         printer.message(ERROR if printer.threshold >= ERROR else FATAL, str(e))
         return 1
