@@ -128,7 +128,9 @@ class ElfModule:
         self._shstr_range = (str_off, str_size)
         self._names = self._sh_name
         self._found: dict[bytes, int] = {}
+        self._headers: dict[bytes, Optional[tuple[int, int, int, int, int]]] = {}
         self._crc_cache: Optional[tuple[list[int], array, array]] = None
+        self._section_cache: dict[int, bytes] = {}
         self._first_index: Optional[dict[int, int]] = None
 
     def _check_range(self, offset: int, size: int, what: str) -> None:
@@ -165,10 +167,13 @@ class ElfModule:
 
     def section_header(self, name: bytes) -> Optional[tuple[int, int, int, int, int]]:
         """(index, type, flags, offset, size) of section ``name``, or None."""
+        if name in self._headers:
+            return self._headers[name]
         i = self.section_index(name)
-        if not i:
-            return None
-        return i, self._sh_type[i], self._sh_flags[i], self._sh_off[i], self._sh_size[i]
+        hdr = (i, self._sh_type[i], self._sh_flags[i], self._sh_off[i], self._sh_size[i]) \
+            if i else None
+        self._headers[name] = hdr
+        return hdr
 
     @property
     def section_count(self) -> int:
@@ -351,10 +356,13 @@ class ElfModule:
         if index >= self._shnum:
             return 0xFFFFFFFF
         soff, ssize = self._sh_off[index], self._sh_size[index]
-        pos = soff + offset
-        if offset + 4 > ssize or pos + 4 > len(self.data):
+        # the whole section is read once (as the cache key reads it), cut at the file's end
+        section = self._section_cache.get(index)
+        if section is None:
+            section = self._section_cache[index] = self.data[soff:soff + ssize]
+        if offset + 4 > len(section):
             return 0xFFFFFFFF
-        return int(struct.unpack(self.endian + "I", self.data[pos:pos + 4])[0])
+        return int(struct.unpack_from(self.endian + "I", section, offset)[0])
 
     def versions(self) -> tuple[list[bytes], list[int]]:
         """``__versions`` names and CRCs; empty when absent or not a multiple of 64 bytes."""
@@ -438,14 +446,15 @@ _BLANKS = b" \t\n\r\x0b\x0c"  # what bytes.split() splits on besides the NULs ma
 
 def zero_positions(data: bytes) -> list[int]:
     """Offsets of the NUL bytes of ``data``, computed from the lengths of the pieces between
-    them (C-level: split, map, accumulate) rather than one byte at a time."""
+    them (C-level: split, map, accumulate) rather than one byte at a time: each NUL is one
+    past the previous one plus the length of the piece between them."""
     pieces = data.split(b"\0")
     del pieces[-1]
-    return list(accumulate(map(len, pieces), _plus_one))
+    return list(map(_MINUS_ONE, accumulate(map(_PLUS_ONE, map(len, pieces)))))
 
 
-def _plus_one(total: int, length: int) -> int:  # accumulate step: previous NUL + 1 + length
-    return total + 1 + length
+_PLUS_ONE = (1).__add__
+_MINUS_ONE = (-1).__add__
 
 
 # symbol st_info byte -> 1 if its binding is STB_WEAK
