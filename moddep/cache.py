@@ -59,9 +59,10 @@ def image_key(raw: Image, ranges: Sequence[tuple[int, int]],
     """Key of an uncompressed ELF module: its size and the byte ranges extraction reads
     (:meth:`moddep.elf.ElfModule.depmod_inputs`), each with its position."""
     h = hashlib.sha256(FORMAT + b"elf %d %d:" % (limit, len(raw)))
+    read = getattr(raw, "range", None)  # a FileImage hands out its (cached) reads directly
     for off, size in ranges:
         h.update(b"%d+%d:" % (off, size))
-        h.update(raw[off:off + size])
+        h.update(read(off, size) if read is not None else raw[off:off + size])
     return h.digest()
 
 
