@@ -28,8 +28,7 @@ import hashlib
 import os
 import pickle
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 from moddep import __version__
 from moddep.compression import DEFAULT_LIMIT
@@ -42,9 +41,9 @@ KEEP_RUNS = 16
 KEEP_PACKS = 8
 
 
-def default_dir() -> Path:
+def default_dir() -> str:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "moddep"
+    return os.path.join(base, "moddep")
 
 
 def file_key(raw: bytes, limit: int = DEFAULT_LIMIT) -> bytes:
@@ -80,11 +79,11 @@ class RunResult:
 class Cache:
     """One cache directory (created on first write)."""
 
-    def __init__(self, directory: Path) -> None:
-        self.dir = Path(directory)
+    def __init__(self, directory: Union[str, os.PathLike[str]]) -> None:
+        self.dir = os.fspath(directory)
 
     # -- helpers ---------------------------------------------------------------------------
-    def _read(self, path: Path) -> Any:
+    def _read(self, path: str) -> Any:
         try:
             with open(path, "rb") as f:
                 return pickle.load(f)
@@ -92,12 +91,13 @@ class Cache:
                 TypeError, IndexError):
             return None
 
-    def _write(self, path: Path, obj: Any) -> None:
+    def _write(self, path: str, obj: Any) -> None:
         # a private temporary name per process (a live process's pid is unique), renamed
         # into place: readers see the old entry or the new one, never half of one
-        tmp = path.parent / f".tmp-{os.getpid()}-{path.name}"
+        parent, name = os.path.split(path)
+        tmp = os.path.join(parent, f".tmp-{os.getpid()}-{name}")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            os.makedirs(parent, exist_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             with os.fdopen(fd, "wb") as f:
                 pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
@@ -109,8 +109,8 @@ class Cache:
                 pass
 
     # -- path index ------------------------------------------------------------------------
-    def _paths_file(self, moddir: bytes) -> Path:
-        return self.dir / "paths" / hashlib.sha256(moddir).hexdigest()[:32]
+    def _paths_file(self, moddir: bytes) -> str:
+        return os.path.join(self.dir, "paths", hashlib.sha256(moddir).hexdigest()[:32])
 
     def known_keys(self, moddir: bytes) -> dict[bytes, tuple[tuple[int, ...], bytes]]:
         return self._read(self._paths_file(moddir)) or {}
@@ -119,8 +119,8 @@ class Cache:
         self._write(self._paths_file(moddir), keys)
 
     # -- module data -----------------------------------------------------------------------
-    def _pack(self, name: str) -> Path:
-        return self.dir / "packs" / name
+    def _pack(self, name: str) -> str:
+        return os.path.join(self.dir, "packs", name)
 
     @staticmethod
     def pack_name(moddir: bytes) -> str:
@@ -129,7 +129,7 @@ class Cache:
     def pack_index(self) -> dict[bytes, str]:
         """Content key -> name of the pack holding its ModuleData (every module directory's
         last run), so a tree copied elsewhere is found again without extracting it."""
-        obj = self._read(self.dir / "packs" / "index")
+        obj = self._read(os.path.join(self.dir, "packs", "index"))
         return obj if isinstance(obj, dict) else {}
 
     def load_packs(self, names: Iterable[str]) -> dict[bytes, ModuleData]:
@@ -147,17 +147,17 @@ class Cache:
         to a concurrent run is only a miss: the module is extracted again."""
         name = self.pack_name(moddir)
         self._write(self._pack(name), data)
-        packs = self.dir / "packs"
-        keep = _keep_newest(packs, KEEP_PACKS, lambda p: len(p.name) == 32)
+        packs = os.path.join(self.dir, "packs")
+        keep = _keep_newest(packs, KEEP_PACKS, lambda n: len(n) == 32)
         if keep is None:
             return
         index = {k: v for k, v in self.pack_index().items() if v in keep and v != name}
         index.update(dict.fromkeys(data, name))
-        self._write(packs / "index", index)
+        self._write(os.path.join(packs, "index"), index)
 
     # -- whole runs ------------------------------------------------------------------------
-    def _run(self, key: bytes) -> Path:
-        return self.dir / "runs" / key.hex()
+    def _run(self, key: bytes) -> str:
+        return os.path.join(self.dir, "runs", key.hex())
 
     def load_run(self, key: bytes) -> Optional[RunResult]:
         obj = self._read(self._run(key))
@@ -165,24 +165,24 @@ class Cache:
 
     def save_run(self, key: bytes, result: RunResult) -> None:
         self._write(self._run(key), result)
-        _keep_newest(self.dir / "runs", KEEP_RUNS, lambda p: not p.name.startswith("."))
+        _keep_newest(os.path.join(self.dir, "runs"), KEEP_RUNS, lambda n: not n.startswith("."))
 
 
-def _keep_newest(directory: Path, count: int,
-                 select: Callable[[Path], bool] = lambda p: True) -> Optional[set[str]]:
-    """Delete all but the ``count`` most recently written of the selected entries; the names
-    kept, or None when the directory cannot be listed."""
+def _keep_newest(directory: str, count: int,
+                 select: Callable[[str], bool] = lambda name: True) -> Optional[set[str]]:
+    """Delete all but the ``count`` most recently written of the entries whose name is
+    selected; the names kept, or None when the directory cannot be listed."""
     try:
-        entries = sorted((p for p in directory.iterdir() if select(p)),
-                         key=lambda p: p.stat().st_mtime)
+        with os.scandir(directory) as it:
+            entries = sorted((e for e in it if select(e.name)), key=lambda e: e.stat().st_mtime)
     except OSError:
         return None
     for old in entries[:-count]:
         try:
-            old.unlink()
+            os.unlink(old.path)
         except OSError:
             pass
-    return {p.name for p in entries[-count:]}
+    return {e.name for e in entries[-count:]}
 
 
 def run_key(parts: Sequence[bytes]) -> bytes:

@@ -7,7 +7,6 @@ import gc
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Optional
 
 from moddep import __version__, compat
@@ -182,7 +181,7 @@ def _cache(opts: argparse.Namespace, req: Request, printer: Printer) -> Optional
     if opts.no_cache or os.environ.get("MODDEP_NO_CACHE") == "1":
         return None
     where = opts.cache_dir or os.environ.get("MODDEP_CACHE_DIR")
-    directory = Path(where) if where else default_dir()
+    directory = where if where else default_dir()
     root = os.fsdecode(req.basedir)
     if root and root != "/":
         resolved = os.path.realpath(directory)
