@@ -73,7 +73,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         print(f"moddep {__version__}")
         return 0
-    if rest[0] not in COMMANDS or rest[0] not in _available():
+    if rest[0] not in COMMANDS or importlib.util.find_spec(COMMANDS[rest[0]][0]) is None:
         print(f"moddep: unknown command '{rest[0]}'\n\n{usage()}", file=sys.stderr)
         return 1
     return run(rest[0], rest[1:], rest[0])
