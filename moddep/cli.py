@@ -9,7 +9,6 @@ tool, kmod's multicall convention. Each command lives in ``moddep/tools/<name>.p
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import os
 import sys
 from typing import Optional, Sequence
@@ -35,6 +34,8 @@ KMOD_TOOLS = ("depmod", "modprobe", "insmod", "rmmod", "lsmod", "modinfo")
 
 def _available() -> dict[str, tuple[str, str]]:
     """Commands whose module exists in this installation."""
+    import importlib.util  # only for the usage text: it costs start-up time
+
     found = {}
     for name, (modname, text) in COMMANDS.items():
         if importlib.util.find_spec(modname) is not None:
@@ -58,6 +59,17 @@ def run(name: str, argv: Sequence[str], prog: Optional[str] = None) -> int:
     return int(module.main(list(argv), prog or name))
 
 
+def _installed(name: str) -> bool:
+    """Whether command ``name``'s module is part of this installation (imports it)."""
+    try:
+        importlib.import_module(COMMANDS[name][0])
+    except ModuleNotFoundError as e:
+        if e.name is not None and COMMANDS[name][0].startswith(e.name):
+            return False
+        raise
+    return True
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``moddep`` console script and of the kmod-named symlinks."""
     args = list(sys.argv if argv is None else argv)
@@ -73,7 +85,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         print(f"moddep {__version__}")
         return 0
-    if rest[0] not in COMMANDS or importlib.util.find_spec(COMMANDS[rest[0]][0]) is None:
+    if rest[0] not in COMMANDS or not _installed(rest[0]):
         print(f"moddep: unknown command '{rest[0]}'\n\n{usage()}", file=sys.stderr)
         return 1
     return run(rest[0], rest[1:], rest[0])
