@@ -21,7 +21,7 @@ import struct
 import sys
 from array import array
 from itertools import accumulate, compress, repeat
-from typing import Optional, Protocol, overload
+from typing import Callable, Optional, Protocol, overload
 
 from moddep.errors import ElfError
 from moddep.modinfo import parse_modinfo
@@ -70,6 +70,12 @@ class Image(Protocol):
     def find(self, sub: bytes, start: int, end: int) -> int: ...
 
 
+def _slicer(data: Image) -> Callable[[int, int], bytes]:
+    def read(offset: int, size: int) -> bytes:
+        return data[offset:offset + size]
+    return read
+
+
 class ElfModule:
     """The sections of one module image that depmod, modprobe and modinfo need."""
 
@@ -83,7 +89,9 @@ class ElfModule:
                            "Invalid argument" if not size else "Exec format error")
         # a FileImage hands out (cached) ranges directly; bytes are sliced
         read = getattr(data, "range", None)
-        self._read = read if read is not None else self._slice
+        # (never a bound method of self: the cycle would keep every image alive while the
+        # cyclic collector is off, as it is during a depmod run)
+        self._read: Callable[[int, int], bytes] = read if read is not None else _slicer(data)
         head = self._read(0, 64)
         if head[:4] != ELF_MAGIC:
             raise ElfError("not an ELF file (bad magic)", path)
@@ -135,9 +143,6 @@ class ElfModule:
         self._crc_cache: Optional[tuple[list[int], array, array]] = None
         self._section_cache: dict[int, bytes] = {}
         self._first_index: Optional[dict[int, int]] = None
-
-    def _slice(self, offset: int, size: int) -> bytes:
-        return self.data[offset:offset + size]
 
     def _check_range(self, offset: int, size: int, what: str) -> None:
         if offset < 0 or size < 0 or offset + size > len(self.data):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import io
+from pathlib import Path
 
 import pytest
 from elftools.elf.elffile import ELFFile
@@ -12,7 +14,7 @@ from kofactory import EM_SPARCV9, SHN_ABS, STB_GLOBAL, STT_REGISTER, VARIANTS, M
 from moddep.compression import compress, decompress, detect
 from moddep.elf import ElfModule
 from moddep.errors import CompressionError, ElfError
-from moddep.extract import parse_image, read_module
+from moddep.extract import parse_image, read_keyed, read_module
 from moddep.modinfo import alias_normalize, modname_normalize, parse_modinfo, path_to_modname
 
 variants = pytest.mark.parametrize("bits,big", VARIANTS)
@@ -152,3 +154,24 @@ def test_name_rules() -> None:
 
 def test_shn_abs_constant() -> None:
     assert SHN_ABS == 0xFFF1
+
+
+def test_reading_a_module_leaves_no_reference_cycle(tmp_path: Path) -> None:
+    """depmod runs with the cyclic collector off, so an ElfModule (or a FileImage) caught in
+    a cycle would keep every decompressed image alive until exit."""
+    image = Module(exports=[(b"e", 1)], undefined=[(b"u", False)], versions=[(b"u", 2)],
+                   modinfo=[(b"alias", b"x")]).build()
+    path = tmp_path / "m.ko"
+    path.write_bytes(image)
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(3):
+            elf = ElfModule(image)
+            elf.exported_symbols(), elf.undefined_symbols(), elf.modinfo_raw()
+            del elf
+            read_keyed(bytes(path), known={})
+            read_module(bytes(path))
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
