@@ -115,3 +115,26 @@ def test_jobs_do_not_change_output(tmp_path: Path) -> None:
     one = synth.moddep(root, "-j1")
     two = synth.moddep(root, "-j2")
     assert one.files == two.files and one.stderr == two.stderr
+
+
+def test_timing_marks_go_to_stderr_only_when_asked(tmp_path: Path) -> None:
+    """MODDEP_TIMING=1 prints each phase with its time since start; without it, nothing."""
+    import subprocess
+    import sys
+
+    make_tree(tmp_path, {f"kernel/m{i}.ko": Module(exports=[(f"s{i}".encode(), 1)]).build()
+                         for i in range(3)})
+    cmd = [sys.executable, "-m", "moddep", "depmod", "-b", str(tmp_path), "--no-cache", KVER]
+    env = {k: v for k, v in os.environ.items() if k != "MODDEP_TIMING"}
+    quiet = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    assert "moddep timing" not in quiet.stderr
+    timed = subprocess.run(cmd, env={**env, "MODDEP_TIMING": "1"}, capture_output=True,
+                           text=True, check=True)
+    lines = [line.split() for line in timed.stderr.splitlines()
+             if line.startswith("moddep timing")]
+    # "moddep timing [PID] 0.123s label": the main process's marks, in time order
+    main_pid = lines[0][2]
+    mine = [(float(w[3][:-1]), w[-1]) for w in lines if w[2] == main_pid]
+    assert mine[0][1] == "start" and mine[-1][1] == "published"
+    times = [t for t, _label in mine]
+    assert times == sorted(times) and 0 < times[0] < 60
