@@ -13,7 +13,6 @@ import os
 
 from moddep.diag import ERROR, INFO
 from moddep.errors import KernelError
-from moddep.runtime.getopt import LongOption
 from moddep.runtime.kernel import INSMOD_MESSAGES, StripError, insert_file, message
 from moddep.runtime.resolve import absolute
 from moddep.runtime.state import KernelState
@@ -24,14 +23,6 @@ from moddep.tools.modprobe import (
     options_from_array,
     simple_options,
     sysroot,
-)
-
-LONG = (
-    LongOption("force", False, "f"),
-    LongOption("syslog", False, "s"),
-    LongOption("verbose", False, "v"),
-    LongOption("version", False, "V"),
-    LongOption("help", False, "h"),
 )
 
 HELP = """\
@@ -52,7 +43,7 @@ def main(argv: list[str], prog: str = "insmod") -> int:
 
 
 def _main(argv: list[str], prog: str) -> int:
-    opts = simple_options(argv, prog, "fsvVh", LONG, HELP)
+    opts = simple_options(argv, prog, HELP, force=True)
     if isinstance(opts, int):
         return opts
     verbose, syslog = opts.verbose, opts.syslog

@@ -18,16 +18,8 @@ import os
 import sys
 
 from moddep.diag import ERROR
-from moddep.runtime.getopt import LongOption
 from moddep.runtime.state import KernelState
 from moddep.tools.modprobe import Output, guarded, simple_options, sysroot
-
-LONG = (
-    LongOption("syslog", False, "s"),
-    LongOption("verbose", False, "v"),
-    LongOption("version", False, "V"),
-    LongOption("help", False, "h"),
-)
 
 HELP = """\
 Usage:
@@ -69,7 +61,7 @@ def main(argv: list[str], prog: str = "lsmod") -> int:
 
 
 def _main(argv: list[str], prog: str) -> int:
-    opts = simple_options(argv, prog, "svVh", LONG, HELP)
+    opts = simple_options(argv, prog, HELP)
     if isinstance(opts, int):
         return opts
     verbose, syslog = opts.verbose, opts.syslog

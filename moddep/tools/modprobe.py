@@ -490,12 +490,24 @@ class SimpleOptions:
         self.operands: list[str] = []
 
 
-def simple_options(argv: list[str], prog: str, shortopts: str, long: tuple[LongOption, ...],
-                   help_text: str) -> SimpleOptions | int:
+# The options insmod, rmmod and lsmod share (kmod's tools/{insmod,rmmod,lsmod}.c); insmod and
+# rmmod also take --force.
+_SIMPLE_LONG = (
+    LongOption("syslog", False, "s"),
+    LongOption("verbose", False, "v"),
+    LongOption("version", False, "V"),
+    LongOption("help", False, "h"),
+)
+_FORCE = LongOption("force", False, "f")
+
+
+def simple_options(argv: list[str], prog: str, help_text: str,
+                   force: bool = False) -> SimpleOptions | int:
     """Parse a small tool's options the way getopt_long does (operands may come first);
     an int is the exit status when the tool should stop (help, version, bad option)."""
     opts = SimpleOptions()
-    parser = Getopt(argv, shortopts, long)
+    long = (_FORCE, *_SIMPLE_LONG) if force else _SIMPLE_LONG
+    parser = Getopt(argv, "".join(o.key for o in long), long)
     try:
         for key, _value in parser:
             if key == "f":

@@ -15,7 +15,6 @@ import os
 from moddep.diag import ERROR
 from moddep.errors import KernelError
 from moddep.modinfo import modname_normalize, path_to_modname
-from moddep.runtime.getopt import LongOption
 from moddep.runtime.index import ModuleDir
 from moddep.runtime.kernel import REMOVE_FORCE, REMOVE_NOWAIT
 from moddep.runtime.state import KernelState
@@ -26,14 +25,6 @@ from moddep.tools.modprobe import (
     module_dirname,
     simple_options,
     sysroot,
-)
-
-LONG = (
-    LongOption("force", False, "f"),
-    LongOption("syslog", False, "s"),
-    LongOption("verbose", False, "v"),
-    LongOption("version", False, "V"),
-    LongOption("help", False, "h"),
 )
 
 HELP = """\
@@ -107,7 +98,7 @@ def main(argv: list[str], prog: str = "rmmod") -> int:
 
 
 def _main(argv: list[str], prog: str) -> int:
-    opts = simple_options(argv, prog, "fsvVh", LONG, HELP)
+    opts = simple_options(argv, prog, HELP, force=True)
     if isinstance(opts, int):
         return opts
     verbose, syslog = opts.verbose, opts.syslog

@@ -26,14 +26,10 @@ def parser(prog: str) -> Parser:
     p = Parser(prog=prog, description=help_text(__doc__),
                formatter_class=argparse.RawDescriptionHelpFormatter)
     target.add_options(p, version=False)
+    target.add_compute_options(p)
     a = p.add_argument
-    a("-k", "--set-version", dest="version", metavar="VERSION",
-      help="kernel version (default: the running kernel's)")
     a("--alias", metavar="MODALIAS", help="which modules match MODALIAS, and through which "
                                           "patterns")
-    a("--compute", action="store_true",
-      help="compute the dependencies from the modules instead of reading the indexes")
-    a("-j", "--jobs", type=int, metavar="N", help="worker processes for --compute")
     a("--debug", action="store_true", help="show a traceback on errors")
     a("modules", nargs="*", metavar="MODULE [DEPENDENCY]")
     return p

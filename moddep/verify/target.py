@@ -24,7 +24,8 @@ from moddep.index import trie
 
 
 def add_options(p: argparse.ArgumentParser, version: bool = True) -> None:
-    """-b ROOT, -m, -C, --host-config, --kmod-version and (optionally) VERSION."""
+    """-b ROOT, -m, -C, --host-config, --kmod-version and the kernel version: a VERSION
+    operand, or (``version=False``, for commands whose operands are modules) ``-k``."""
     a = p.add_argument
     a("-b", "--basedir", metavar="ROOT", help="the root (staged image) holding the modules")
     a("-m", "--moduledir", metavar="DIR",
@@ -40,6 +41,17 @@ def add_options(p: argparse.ArgumentParser, version: bool = True) -> None:
     if version:
         a("version", nargs="?", metavar="VERSION",
           help="kernel version (default: the running kernel's)")
+    else:
+        a("-k", "--set-version", dest="version", metavar="VERSION",
+          help="kernel version (default: the running kernel's)")
+
+
+def add_compute_options(p: argparse.ArgumentParser) -> None:
+    """--compute and -j, for commands that read the installed indexes (why, graph)."""
+    a = p.add_argument
+    a("--compute", action="store_true",
+      help="compute the dependencies from the modules instead of reading the indexes")
+    a("-j", "--jobs", type=int, metavar="N", help="worker processes for --compute")
 
 
 def _abs(path: str) -> bytes:
