@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 from moddep import __version__
 from moddep.compression import DEFAULT_LIMIT
-from moddep.elf import Image
+from moddep.elf import ElfModule
 from moddep.model import ModuleData
 
 # bump when ModuleData or the extraction changes meaning
@@ -53,15 +53,13 @@ def file_key(raw: bytes, limit: int = DEFAULT_LIMIT) -> bytes:
     return h.digest()
 
 
-def image_key(raw: Image, ranges: Sequence[tuple[int, int]],
-              limit: int = DEFAULT_LIMIT) -> bytes:
+def image_key(elf: ElfModule, limit: int = DEFAULT_LIMIT) -> bytes:
     """Key of an uncompressed ELF module: its size and the byte ranges extraction reads
     (:meth:`moddep.elf.ElfModule.depmod_inputs`), each with its position."""
-    h = hashlib.sha256(FORMAT + b"elf %d %d:" % (limit, len(raw)))
-    read = getattr(raw, "range", None)  # a FileImage hands out its (cached) reads directly
-    for off, size in ranges:
+    h = hashlib.sha256(FORMAT + b"elf %d %d:" % (limit, len(elf.data)))
+    for off, size in elf.depmod_inputs():
         h.update(b"%d+%d:" % (off, size))
-        h.update(read(off, size) if read is not None else raw[off:off + size])
+        h.update(elf.read(off, size))
     return h.digest()
 
 

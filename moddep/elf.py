@@ -87,12 +87,12 @@ class ElfModule:
             # kmod: an empty file fails with EINVAL, a short one with ENOEXEC.
             raise ElfError(f"file too short for an ELF header ({size} bytes)", path,
                            "Invalid argument" if not size else "Exec format error")
-        # a FileImage hands out (cached) ranges directly; bytes are sliced
+        # read(offset, size): a FileImage hands out its (cached) ranges directly, bytes are
+        # sliced (never by a bound method of self: that cycle would keep every image alive
+        # while the cyclic collector is off, as it is during a depmod run)
         read = getattr(data, "range", None)
-        # (never a bound method of self: the cycle would keep every image alive while the
-        # cyclic collector is off, as it is during a depmod run)
-        self._read: Callable[[int, int], bytes] = read if read is not None else _slicer(data)
-        head = self._read(0, 64)
+        self.read: Callable[[int, int], bytes] = read if read is not None else _slicer(data)
+        head = self.read(0, 64)
         if head[:4] != ELF_MAGIC:
             raise ElfError("not an ELF file (bad magic)", path)
         cls, enc = head[4], head[5]
@@ -118,7 +118,7 @@ class ElfModule:
             raise ElfError(f"section name table index {shstrndx} >= {shnum} sections", path)
         # the section header table as columns (one array slice per field, not a tuple per
         # section): sh_name, sh_type, sh_flags, sh_offset, sh_size
-        table = self._read(shoff, shnum * shentsize)
+        table = self.read(shoff, shnum * shentsize)
         words = self._words(table, "I")
         if cls == ELFCLASS64:
             wide = self._words(table, "Q")
@@ -133,7 +133,7 @@ class ElfModule:
         self._symtab_cache: Optional[tuple[bytes, int, bytes]] = None
         str_off, str_size = self._sh_off[shstrndx], self._sh_size[shstrndx]
         self._check_range(str_off, str_size, "section name table")
-        self._shstrtab = self._read(str_off, str_size)
+        self._shstrtab = self.read(str_off, str_size)
         if str_size == 0 or self._shstrtab[-1:] != b"\0":
             raise ElfError("section name table is empty or not NUL-terminated", path)
         self._shstr_range = (str_off, str_size)
@@ -203,7 +203,7 @@ class ElfModule:
         if stype == SHT_NOBITS:
             return b""
         self._check_range(offset, size, f"section {name.decode(errors='replace')}")
-        return self._read(offset, size)
+        return self.read(offset, size)
 
     def section_names(self) -> list[bytes]:
         """All section names in index order."""
@@ -249,7 +249,7 @@ class ElfModule:
         self._check_range(off, size, "section .symtab")
         _i, _t, _f, soff, ssize = strtab
         self._check_range(soff, ssize, "section .strtab")
-        return self._read(off, size), size // entsize, self._read(soff, ssize)
+        return self.read(off, size), size // entsize, self.read(soff, ssize)
 
     def _name_column(self, symtab: bytes) -> array:
         step = _SYMSIZE[self.elfclass] // 4
@@ -370,7 +370,7 @@ class ElfModule:
         # the whole section is read once (as the cache key reads it), cut at the file's end
         section = self._section_cache.get(index)
         if section is None:
-            section = self._section_cache[index] = self._read(soff, ssize)
+            section = self._section_cache[index] = self.read(soff, ssize)
         if offset + 4 > len(section):
             return 0xFFFFFFFF
         return int(struct.unpack_from(self.endian + "I", section, offset)[0])

@@ -160,7 +160,7 @@ def read_keyed(fspath: bytes, limit: int = DEFAULT_LIMIT,
             if known is not None and key in known:
                 return key, None
             return key, ModuleData(error=f"{e.errno_text} ({e.message})")
-        key = b"" if known is None else image_key(raw, elf.depmod_inputs(), limit)
+        key = b"" if known is None else image_key(elf, limit)
         if known is not None and key in known:
             return key, None
         return key, parse_elf(elf)
