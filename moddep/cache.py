@@ -27,7 +27,9 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+from array import array
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 from moddep import __version__
@@ -56,10 +58,13 @@ def file_key(raw: bytes, limit: int = DEFAULT_LIMIT) -> bytes:
 def image_key(elf: ElfModule, limit: int = DEFAULT_LIMIT) -> bytes:
     """Key of an uncompressed ELF module: its size and the byte ranges extraction reads
     (:meth:`moddep.elf.ElfModule.depmod_inputs`), each with its position."""
-    h = hashlib.sha256(FORMAT + b"elf %d %d:" % (limit, len(elf.data)))
-    for off, size in elf.depmod_inputs():
-        h.update(b"%d+%d:" % (off, size))
-        h.update(elf.read(off, size))
+    ranges = elf.depmod_inputs()
+    # the layout first (so the contents that follow split one way only), then the contents
+    h = hashlib.sha256(b"%s elf %d %d:" % (FORMAT, limit, elf.size))
+    h.update(array("Q", chain.from_iterable(ranges)).tobytes())
+    read = elf.read
+    for off, size in ranges:
+        h.update(read(off, size))
     return h.digest()
 
 

@@ -51,6 +51,13 @@ _SHENTSIZE = {ELFCLASS64: 64, ELFCLASS32: 40}
 _SYMSIZE = {ELFCLASS64: 24, ELFCLASS32: 16}
 # (name: index in u32 words, shndx: index in u16 words, info: byte offset, value: byte offset)
 _SYMCOLS = {ELFCLASS64: (0, 3, 4, 8), ELFCLASS32: (0, 7, 12, 4)}
+# the sections depmod reads (besides those __crc_ symbols point into), in the order the
+# cache key takes them
+_DEPMOD_SECTIONS = (b".symtab", b".strtab", b".modinfo", b"__versions", b"__ksymtab_strings")
+_NO_CRCS: tuple[list[int], array, array] = ([], array("I"), array("H"))
+_NATIVE_U32 = struct.Struct("=I")
+_EHDR_STRUCTS = {(cls, enc): struct.Struct((">" if enc == ELFDATA2MSB else "<") + fmt)
+                 for cls, fmt in _EHDR.items() for enc in (ELFDATA2LSB, ELFDATA2MSB)}
 
 
 
@@ -67,8 +74,6 @@ class Image(Protocol):
     @overload
     def __getitem__(self, key: slice) -> bytes: ...
 
-    def find(self, sub: bytes, start: int, end: int) -> int: ...
-
 
 def _slicer(data: Image) -> Callable[[int, int], bytes]:
     def read(offset: int, size: int) -> bytes:
@@ -82,7 +87,7 @@ class ElfModule:
     def __init__(self, data: Image, path: Optional[str] = None) -> None:
         self.data = data
         self.path = path
-        size = len(data)
+        self.size = size = len(data)
         if size < 16:
             # kmod: an empty file fails with EINVAL, a short one with ENOEXEC.
             raise ElfError(f"file too short for an ELF header ({size} bytes)", path,
@@ -91,18 +96,20 @@ class ElfModule:
         # sliced (never by a bound method of self: that cycle would keep every image alive
         # while the cyclic collector is off, as it is during a depmod run)
         read = getattr(data, "range", None)
-        self.read: Callable[[int, int], bytes] = read if read is not None else _slicer(data)
-        head = self.read(0, 64)
+        if read is None:
+            read = _slicer(data)
+        self.read: Callable[[int, int], bytes] = read
+        head = read(0, 64)
         if head[:4] != ELF_MAGIC:
             raise ElfError("not an ELF file (bad magic)", path)
         cls, enc = head[4], head[5]
-        if cls not in _EHDR or enc not in (ELFDATA2LSB, ELFDATA2MSB):
+        ehdr = _EHDR_STRUCTS.get((cls, enc))
+        if ehdr is None:
             raise ElfError(f"unsupported ELF class/data ({cls}, {enc})", path, "Invalid argument")
         self.elfclass = cls
-        self.big_endian = enc == ELFDATA2MSB
-        self.endian = ">" if self.big_endian else "<"
-        self._swap = self.big_endian != _HOST_BIG
-        ehdr = struct.Struct(self.endian + _EHDR[cls])
+        self.big_endian = big = enc == ELFDATA2MSB
+        self.endian = ">" if big else "<"
+        self._swap = swap = big != _HOST_BIG
         if size < ehdr.size:
             raise ElfError("truncated ELF header", path)
         (_type, machine, _version, _entry, _phoff, shoff, _flags, _ehsize, _phentsize, _phnum,
@@ -118,62 +125,64 @@ class ElfModule:
             raise ElfError(f"section name table index {shstrndx} >= {shnum} sections", path)
         # the section header table as columns (one array slice per field, not a tuple per
         # section): sh_name, sh_type, sh_flags, sh_offset, sh_size
-        table = self.read(shoff, shnum * shentsize)
-        words = self._words(table, "I")
+        table = read(shoff, shnum * shentsize)
+        words = array("I", table)
         if cls == ELFCLASS64:
-            wide = self._words(table, "Q")
+            wide = array("Q", table)
+            if swap:
+                words.byteswap()
+                wide.byteswap()
             self._sh_name, self._sh_type = words[0::16], words[1::16]
             self._sh_flags, self._sh_off, self._sh_size = wide[1::8], wide[3::8], wide[4::8]
         else:
+            if swap:
+                words.byteswap()
             self._sh_name, self._sh_type, self._sh_flags = words[0::10], words[1::10], words[2::10]
             self._sh_off, self._sh_size = words[4::10], words[5::10]
         self._shnum = shnum
+        self._name_words = self._sh_name[1:].tobytes()
         self._shoff = shoff
         self._shentsize = shentsize
         self._symtab_cache: Optional[tuple[bytes, int, bytes]] = None
         str_off, str_size = self._sh_off[shstrndx], self._sh_size[shstrndx]
-        self._check_range(str_off, str_size, "section name table")
-        self._shstrtab = self.read(str_off, str_size)
-        if str_size == 0 or self._shstrtab[-1:] != b"\0":
+        if str_off + str_size > size:
+            self._check_range(str_off, str_size, "section name table")
+        self._shstrtab = shstrtab = read(str_off, str_size)
+        if str_size == 0 or shstrtab[-1] != 0:
             raise ElfError("section name table is empty or not NUL-terminated", path)
         self._shstr_range = (str_off, str_size)
-        self._names = self._sh_name
-        self._found: dict[bytes, int] = {}
         self._headers: dict[bytes, Optional[tuple[int, int, int, int, int]]] = {}
         self._crc_cache: Optional[tuple[list[int], array, array]] = None
         self._section_cache: dict[int, bytes] = {}
-        self._first_index: Optional[dict[int, int]] = None
 
     def _check_range(self, offset: int, size: int, what: str) -> None:
-        if offset < 0 or size < 0 or offset + size > len(self.data):
+        if offset < 0 or size < 0 or offset + size > self.size:
             raise ElfError(
                 f"{what} at offset {offset} (+{size} bytes) lies outside the file "
-                f"({len(self.data)} bytes)", self.path)
+                f"({self.size} bytes)", self.path)
 
     # -- sections -----------------------------------------------------------------------------
     def section_index(self, name: bytes) -> int:
-        """Index of the first section (from 1) called ``name``; 0 when there is none."""
-        hit = self._found.get(name)
-        if hit is not None:
-            return hit
-        first = self._first_index
-        if first is None:
-            names = self._names
-            # sh_name offset -> lowest section index >= 1 using it
-            first = self._first_index = dict(
-                zip(reversed(names[1:]), range(len(names) - 1, 0, -1)))
-        # every offset where exactly ``name`` starts (names may share tails, e.g. .strtab
-        # inside .shstrtab)
+        """Index of the first section (from 1) called ``name``; 0 when there is none.
+
+        Modules have a hundred-odd sections: rather than naming each, the table is searched
+        for ``name`` and the section headers for that offset (names may share tails, e.g.
+        ``.text`` inside ``.rela.text``, so every occurrence counts; C-level searches).
+        """
         table = self._shstrtab
+        words = self._name_words  # sh_name of sections 1..n-1, as native 32-bit words
         needle = name + b"\0"
         found = 0
         pos = table.find(needle)
         while pos >= 0:
-            i = first.get(pos, 0)
-            if i and (not found or i < found):
-                found = i
+            # the first section whose sh_name is pos: a 4-byte search on word boundaries
+            word = _NATIVE_U32.pack(pos)
+            at = words.find(word)
+            while at > 0 and at & 3:
+                at = words.find(word, at + 1)
+            if at >= 0 and (not found or at // 4 + 1 < found):
+                found = at // 4 + 1
             pos = table.find(needle, pos + 1)
-        self._found[name] = found
         return found
 
     def section_header(self, name: bytes) -> Optional[tuple[int, int, int, int, int]]:
@@ -209,7 +218,7 @@ class ElfModule:
         """All section names in index order."""
         table = self._shstrtab
         out = []
-        for off in self._names:
+        for off in self._sh_name:
             end = table.find(b"\0", off)
             out.append(table[off:end] if end >= 0 else b"")
         return out
@@ -314,10 +323,9 @@ class ElfModule:
         when there are none or .symtab is unusable)."""
         if self._crc_cache is not None:
             return self._crc_cache
-        found: tuple[list[int], array, array] = ([], array("I"), array("H"))
+        found: tuple[list[int], array, array] = _NO_CRCS
         strtab_hdr = self.section_header(b".strtab")
-        if strtab_hdr is not None and self.data.find(
-                b"__crc_", strtab_hdr[3], strtab_hdr[3] + strtab_hdr[4]) < 0:
+        if strtab_hdr is not None and b"__crc_" not in self.read(strtab_hdr[3], strtab_hdr[4]):
             self._crc_cache = found  # most modules export nothing: no need to read .symtab
             return found
         try:
@@ -331,11 +339,10 @@ class ElfModule:
             while pos >= 0:
                 offs.add(pos)
                 pos = strtab.find(b"__crc_", pos + 1)
-            if offs:
-                namecol = self._name_column(symtab)
-                hits = list(compress(range(1, count), map(offs.__contains__, namecol[1:])))
-                if hits:
-                    found = (hits, namecol, self._shndx_column(symtab))
+            namecol = self._name_column(symtab)
+            hits = list(compress(range(1, count), map(offs.__contains__, namecol[1:])))
+            if hits:
+                found = (hits, namecol, self._shndx_column(symtab))
         self._crc_cache = found
         return found
 
@@ -350,9 +357,9 @@ class ElfModule:
         """
         ranges = [(0, 64 if self.elfclass == ELFCLASS64 else 52),
                   (self._shoff, self._shnum * self._shentsize), self._shstr_range]
-        for name in (b".symtab", b".strtab", b".modinfo", b"__versions",
-                     b"__ksymtab_strings"):
-            hdr = self.section_header(name)
+        header = self.section_header
+        for name in _DEPMOD_SECTIONS:
+            hdr = header(name)
             if hdr is not None and hdr[1] != SHT_NOBITS:
                 ranges.append((hdr[3], hdr[4]))
         hits, _names, shndx = self._crc_symbols()

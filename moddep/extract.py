@@ -74,11 +74,6 @@ class FileImage:
             self._read[key] = got
         return got
 
-    def find(self, sub: bytes, start: int, end: int) -> int:
-        start = max(0, start)
-        pos = self[start:end].find(sub)
-        return pos + start if pos >= 0 else -1
-
 
 def _open(fspath: bytes) -> Union[bytes, FileImage]:
     """A regular file as a :class:`FileImage` (the caller closes its fd), anything else read
@@ -143,7 +138,7 @@ def read_keyed(fspath: bytes, limit: int = DEFAULT_LIMIT,
     except OSError as e:  # no key: a run with an unreadable module is not cached
         return b"", ModuleData(error=e.strerror or str(e))
     try:
-        if detect(raw[:8]) is not None:
+        if detect(raw[:64]) is not None:  # (the ELF header's range: read once)
             whole = raw[:]
             key = b"" if known is None else file_key(whole, limit)
             if known is not None and key in known:
