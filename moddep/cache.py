@@ -38,7 +38,7 @@ from moddep.elf import ElfModule
 from moddep.model import ModuleData
 
 # bump when ModuleData or the extraction changes meaning
-FORMAT = f"moddep-cache-2 {__version__}".encode()
+FORMAT = f"moddep-cache-3 {__version__}".encode()
 KEEP_RUNS = 16
 KEEP_PACKS = 8
 
@@ -55,21 +55,64 @@ def file_key(raw: bytes, limit: int = DEFAULT_LIMIT) -> bytes:
     return h.digest()
 
 
-def image_key(elf: ElfModule, limit: int = DEFAULT_LIMIT) -> bytes:
-    """Key of an uncompressed ELF module: its size and the byte ranges extraction reads
-    (:meth:`moddep.elf.ElfModule.depmod_inputs`), each with its position."""
+def layout_key(elf: ElfModule, limit: int = DEFAULT_LIMIT) -> hashlib._Hash:
+    """Hash state over an uncompressed ELF module's size and the byte ranges extraction
+    reads apart from CRC sections (:meth:`moddep.elf.ElfModule.depmod_inputs`), each with
+    its position. Its digest names the module's *layout*: every input of extraction except
+    the contents of the CRC sections, whose indices it decides."""
     ranges = elf.depmod_inputs()
-    # the layout first (so the contents that follow split one way only), then the contents
+    # the positions first (so the contents that follow split one way only), then the contents
     h = hashlib.sha256(b"%s elf %d %d:" % (FORMAT, limit, elf.size))
     h.update(array("Q", chain.from_iterable(ranges)).tobytes())
+    read = elf.read
+    for off, size in ranges:
+        h.update(read(off, size))
+    return h
+
+
+def content_key(layout: hashlib._Hash, elf: ElfModule, sections: tuple[int, ...]) -> bytes:
+    """Key of an uncompressed ELF module: its :func:`layout_key` continued with the CRC
+    sections (:meth:`~moddep.elf.ElfModule.crc_sections`), positions and contents.
+
+    ``sections`` may come from the cache, stored under the layout's digest: a layout decides
+    its CRC sections, so a stored list is the one a scan would find, and a wrong one can only
+    give a key nothing is stored under.
+    """
+    h = layout.copy()
+    ranges = [elf.section_range(i) for i in sections]
+    h.update(b"crc %d:" % len(sections))
+    h.update(array("Q", chain(sections, chain.from_iterable(ranges))).tobytes())
     read = elf.read
     for off, size in ranges:
         h.update(read(off, size))
     return h.digest()
 
 
+def image_key(elf: ElfModule, limit: int = DEFAULT_LIMIT) -> bytes:
+    """Key of an uncompressed ELF module, its CRC sections found by scanning ``.symtab``."""
+    return content_key(layout_key(elf, limit), elf, elf.crc_sections())
+
+
 def stat_identity(st: os.stat_result) -> tuple[int, ...]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+class PackIndex:
+    """What the packs hold: content key -> name of the pack holding its ModuleData, and
+    layout digest -> (CRC sections, pack that taught it) (:func:`content_key`)."""
+
+    def __init__(self, where: Optional[dict[bytes, str]] = None,
+                 layouts: Optional[dict[bytes, tuple[tuple[int, ...], str]]] = None) -> None:
+        self.where = where if where is not None else {}
+        self.layouts = layouts if layouts is not None else {}
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.where
+
+    def sections(self, layout: bytes) -> Optional[tuple[int, ...]]:
+        """The CRC sections of a layout seen before, else None."""
+        got = self.layouts.get(layout)
+        return None if got is None else got[0]
 
 
 @dataclass
@@ -129,11 +172,13 @@ class Cache:
     def pack_name(moddir: bytes) -> str:
         return hashlib.sha256(moddir).hexdigest()[:32]
 
-    def pack_index(self) -> dict[bytes, str]:
-        """Content key -> name of the pack holding its ModuleData (every module directory's
-        last run), so a tree copied elsewhere is found again without extracting it."""
+    def pack_index(self) -> PackIndex:
+        """Which pack holds each content key (every module directory's last run), so a tree
+        copied elsewhere is found again without extracting it; and the layouts seen."""
         obj = self._read(os.path.join(self.dir, "packs", "index"))
-        return obj if isinstance(obj, dict) else {}
+        if isinstance(obj, tuple) and len(obj) == 2 and all(isinstance(d, dict) for d in obj):
+            return PackIndex(*obj)
+        return PackIndex()
 
     def load_packs(self, names: Iterable[str]) -> dict[bytes, ModuleData]:
         """Content key -> ModuleData, from the named packs."""
@@ -144,19 +189,24 @@ class Cache:
                 out.update(obj)
         return out
 
-    def save_pack(self, moddir: bytes, data: dict[bytes, ModuleData]) -> None:
-        """Store ``moddir``'s module data (replacing its last pack) and index it; only the
-        :data:`KEEP_PACKS` most recent packs are kept. An index entry whose pack was lost
-        to a concurrent run is only a miss: the module is extracted again."""
+    def save_pack(self, moddir: bytes, data: dict[bytes, ModuleData],
+                  layouts: dict[bytes, tuple[int, ...]]) -> None:
+        """Store ``moddir``'s module data (replacing its last pack) and index it with the
+        layouts learnt; only the :data:`KEEP_PACKS` most recent packs are kept. An index
+        entry whose pack was lost to a concurrent run is only a miss: the module is
+        extracted again."""
         name = self.pack_name(moddir)
         self._write(self._pack(name), data)
         packs = os.path.join(self.dir, "packs")
         keep = _keep_newest(packs, KEEP_PACKS, lambda n: len(n) == 32)
         if keep is None:
             return
-        index = {k: v for k, v in self.pack_index().items() if v in keep and v != name}
-        index.update(dict.fromkeys(data, name))
-        self._write(os.path.join(packs, "index"), index)
+        old = self.pack_index()
+        where = {k: v for k, v in old.where.items() if v in keep and v != name}
+        where.update(dict.fromkeys(data, name))
+        learnt = {k: v for k, v in old.layouts.items() if v[1] in keep}
+        learnt.update((k, (v, name)) for k, v in layouts.items())
+        self._write(os.path.join(packs, "index"), (where, learnt))
 
     # -- whole runs ------------------------------------------------------------------------
     def _run(self, key: bytes) -> str:

@@ -347,13 +347,15 @@ class ElfModule:
         return found
 
     def depmod_inputs(self) -> list[tuple[int, int]]:
-        """(offset, size) of every byte range depmod's extraction reads from this image.
+        """(offset, size) of the byte ranges depmod's extraction reads from this image,
+        apart from the CRC sections (:meth:`crc_sections`).
 
-        With the image size, these decide everything :func:`moddep.extract.parse_elf` returns
-        (the cache keys a module by them): the ELF header, the section header table, the
-        section name table, the sections named in the module docstring, and the sections
-        ``__crc_`` symbols point into (whose words are read as CRCs). Code, data and
-        relocations are never read. Ranges may overrun the file; the reader checks that.
+        With the image size and the CRC sections' contents, these decide everything
+        :func:`moddep.extract.parse_elf` returns (the cache keys a module by them): the ELF
+        header, the section header table, the section name table and the sections named in
+        the module docstring. Which sections hold CRCs is itself decided by these ranges
+        (``.symtab``, ``.strtab``, the section count). Code, data and relocations are never
+        read. Ranges may overrun the file; the reader checks that.
         """
         ranges = [(0, 64 if self.elfclass == ELFCLASS64 else 52),
                   (self._shoff, self._shnum * self._shentsize), self._shstr_range]
@@ -362,12 +364,20 @@ class ElfModule:
             hdr = header(name)
             if hdr is not None and hdr[1] != SHT_NOBITS:
                 ranges.append((hdr[3], hdr[4]))
-        hits, _names, shndx = self._crc_symbols()
-        if hits:
-            for s in sorted({shndx[i] for i in hits} - {SHN_UNDEF, SHN_ABS}):
-                if s < self._shnum:
-                    ranges.append((self._sh_off[s], self._sh_size[s]))
         return ranges
+
+    def crc_sections(self) -> tuple[int, ...]:
+        """Indices of the sections ``__crc_`` symbols point into (their words are read as
+        CRCs), ascending; a function of the :meth:`depmod_inputs` ranges alone."""
+        hits, _names, shndx = self._crc_symbols()
+        if not hits:
+            return ()
+        return tuple(s for s in sorted({shndx[i] for i in hits} - {SHN_UNDEF, SHN_ABS})
+                     if s < self._shnum)
+
+    def section_range(self, index: int) -> tuple[int, int]:
+        """(offset, size) of section ``index`` as its header states them."""
+        return self._sh_off[index], self._sh_size[index]
 
     def _section_word(self, index: int, offset: int) -> int:
         """The u32 at ``offset`` in section ``index``; all-ones when out of range (as kmod)."""

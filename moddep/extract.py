@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import Container, Optional, Union, overload
+from typing import Optional, Union, overload
 
-from moddep.cache import file_key, image_key
+from moddep.cache import PackIndex, content_key, file_key, layout_key
 from moddep.compression import DEFAULT_LIMIT, decompress, detect
 from moddep.elf import ElfModule
 from moddep.errors import ElfError, ModdepError
@@ -124,43 +124,58 @@ def read_module(fspath: bytes, limit: int = DEFAULT_LIMIT) -> ModuleData:
     return read_keyed(fspath, limit, None)[1]  # type: ignore[return-value]
 
 
-def read_keyed(fspath: bytes, limit: int = DEFAULT_LIMIT,
-               known: Optional[Container[bytes]] = ()) -> tuple[bytes, Optional[ModuleData]]:
-    """(cache key, ModuleData) of one module file, in one pass over its bytes.
+Layout = tuple[bytes, tuple[int, ...]]
+"""A module layout's digest and the CRC sections it decides (:func:`moddep.cache.content_key`)."""
 
-    The key (:func:`moddep.cache.image_key` / :func:`~moddep.cache.file_key`) is computed
-    first; when it is in ``known`` the data is not extracted (None). ``known=None`` means no
-    cache: no key (``b""``), always extracted. I/O and format errors become ``error``.
+
+def read_keyed(fspath: bytes, limit: int = DEFAULT_LIMIT, known: Optional[PackIndex] = None,
+               ) -> tuple[bytes, Optional[ModuleData], Optional[Layout]]:
+    """(cache key, ModuleData, layout) of one module file, in one pass over its bytes.
+
+    The key (:func:`moddep.cache.content_key` / :func:`~moddep.cache.file_key`) is computed
+    first; when ``known`` holds it the data is not extracted (None). For an ELF module whose
+    layout ``known`` has not seen, the CRC sections that complete the key are only known once
+    extraction has scanned ``.symtab``: the key is computed after it, and the layout returned
+    so the cache can learn it. ``known=None`` means no cache: no key (``b""``), always
+    extracted. I/O and format errors become ``error``.
     """
     path = fspath.decode(errors="surrogateescape")
     try:
         raw = _open(fspath)
     except OSError as e:  # no key: a run with an unreadable module is not cached
-        return b"", ModuleData(error=e.strerror or str(e))
+        return b"", ModuleData(error=e.strerror or str(e)), None
     try:
         if detect(raw[:64]) is not None:  # (the ELF header's range: read once)
             whole = raw[:]
             key = b"" if known is None else file_key(whole, limit)
             if known is not None and key in known:
-                return key, None
+                return key, None, None
             try:
                 data = decompress(whole, path, limit)
             except ModdepError as e:
-                return key, ModuleData(error=e.message)
-            return key, parse_image(data, path)
+                return key, ModuleData(error=e.message), None
+            return key, parse_image(data, path), None
         try:
             elf = ElfModule(raw, path)
         except ElfError as e:
             key = b"" if known is None else file_key(raw[:], limit)
             if known is not None and key in known:
-                return key, None
-            return key, ModuleData(error=f"{e.errno_text} ({e.message})")
-        key = b"" if known is None else image_key(elf, limit)
-        if known is not None and key in known:
-            return key, None
-        return key, parse_elf(elf)
+                return key, None, None
+            return key, ModuleData(error=f"{e.errno_text} ({e.message})"), None
+        if known is None:
+            return b"", parse_elf(elf), None
+        state = layout_key(elf, limit)
+        layout = state.digest()
+        sections = known.sections(layout)
+        if sections is not None:
+            key = content_key(state, elf, sections)
+            if key in known:
+                return key, None, None
+        extracted = parse_elf(elf)
+        sections = elf.crc_sections()  # found by the extraction's own .symtab scan
+        return content_key(state, elf, sections), extracted, (layout, sections)
     except OSError as e:  # a read failing half way
-        return b"", ModuleData(error=e.strerror or str(e))
+        return b"", ModuleData(error=e.strerror or str(e)), None
     finally:
         if isinstance(raw, FileImage):
             os.close(raw.fd)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from typing import Callable, Optional, Sequence, TypeVar
 
-from moddep.cache import Cache, stat_identity
+from moddep.cache import Cache, PackIndex, stat_identity
 from moddep.compression import DEFAULT_LIMIT
 from moddep.extract import read_keyed, read_module
 from moddep.model import ModuleData
@@ -86,9 +86,11 @@ class Loaded:
 
     def __init__(self, source: ModuleSource, moddir: bytes, paths: Sequence[bytes],
                  keys: Optional[list[bytes]], data: list[Optional[ModuleData]],
-                 packed: Optional[dict[bytes, str]] = None) -> None:
+                 packed: Optional[PackIndex] = None,
+                 layouts: Optional[dict[bytes, tuple[int, ...]]] = None) -> None:
         self.source = source
-        self.packed = packed or {}  # content key -> pack holding its data
+        self.packed = packed or PackIndex()  # where the data of earlier runs is
+        self.layouts = layouts or {}  # layouts learnt by this run's extraction
         self.moddir = moddir
         self.paths = paths
         self.keys = keys  # content keys (None: no cache, or a file could not be read)
@@ -104,7 +106,7 @@ class Loaded:
         cache = self.source.cache
         keys = self.keys
         if missing and cache is not None and keys is not None:
-            where = self.packed
+            where = self.packed.where
             pack = cache.load_packs(where[keys[i]] for i in missing if keys[i] in where)
             for i in missing:
                 out[i] = pack.get(keys[i])
@@ -120,7 +122,8 @@ class Loaded:
         """Save this run's module data as the module directory's pack, if it changed."""
         cache = self.source.cache
         if self._changed and cache is not None and self.keys is not None:
-            cache.save_pack(self.moddir, dict(zip(self.keys, self._data)))  # type: ignore[arg-type]
+            cache.save_pack(self.moddir, dict(zip(self.keys, self._data)),  # type: ignore[arg-type]
+                            self.layouts)
 
 
 class ModuleSource:
@@ -174,17 +177,20 @@ class ModuleSource:
                 keys.append(b"")
                 todo.append(i)
         data: list[Optional[ModuleData]] = [None] * len(paths)
+        layouts: dict[bytes, tuple[int, ...]] = {}
         if todo:
             limit = self.limit
             fresh = map_files(lambda p: read_keyed(p, limit, packed),
                               [paths[i] for i in todo], self.jobs, self.progress,
                               [sizes[i] for i in todo])
-            for i, (k, d) in zip(todo, fresh):
+            for i, (k, d, layout) in zip(todo, fresh):
                 keys[i] = k
                 data[i] = d
+                if layout is not None:
+                    layouts[layout[0]] = layout[1]
             cache.save_keys(moddir, {p: (ident, k) for p, ident, k in
                                      zip(paths, ids, keys) if ident and k})
-        return Loaded(self, moddir, paths, keys if all(keys) else None, data, packed)
+        return Loaded(self, moddir, paths, keys if all(keys) else None, data, packed, layouts)
 
 
 def _size(path: bytes) -> int:

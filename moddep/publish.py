@@ -14,6 +14,7 @@ File mode follows kmod: 0644 reduced by the umask.
 
 from __future__ import annotations
 
+import _thread
 import errno
 import fcntl
 import os
@@ -33,16 +34,51 @@ def _fsync_dir(dfd: int) -> None:
             raise
 
 
-def _write_file(dfd: int, name: str, data: bytes) -> None:
+def _write_file(dfd: int, name: str, data: bytes) -> int:
+    """Create ``name`` with ``data``; returns its open descriptor, not yet fsynced."""
     fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=dfd)
     try:
         view = memoryview(data)
         while view:
             n = os.write(fd, view)
             view = view[n:]
-        os.fsync(fd)
-    finally:
+    except BaseException:
         os.close(fd)
+        raise
+    return fd
+
+
+def _fsync_all(fds: list[int]) -> None:
+    """fsync every descriptor, all at once: one thread each (fsync releases the GIL), so the
+    filesystem can commit them together rather than one journal commit per file (a third of
+    the time here). Raises the first failure."""
+    if not fds:
+        return
+    errors: list[OSError] = []
+    counter = _thread.allocate_lock()
+    finished = _thread.allocate_lock()
+    finished.acquire()  # released by the last thread to finish
+    left = [len(fds)]
+
+    def sync(fd: int) -> None:
+        try:
+            os.fsync(fd)
+        except OSError as e:
+            errors.append(e)
+        finally:
+            with counter:
+                left[0] -= 1
+                if not left[0]:
+                    finished.release()
+
+    for fd in fds:
+        try:
+            _thread.start_new_thread(sync, (fd,))
+        except RuntimeError:  # no more threads: this one does it
+            sync(fd)
+    finished.acquire()
+    if errors:
+        raise errors[0]
 
 
 def _plain(name: str) -> bool:
@@ -161,16 +197,20 @@ def _publish(dfd: int, directory: str, files: Mapping[str, bytes]) -> None:
     if _unchanged(dfd, files):
         return
     pending = list(_tmpnames(files))
+    journal = "".join(f"{tmp}\t{name}\n" for tmp, name, _ in pending).encode(
+        "utf-8", "surrogateescape")
+    jtmp = f"{TMP_MARK}{JOURNAL}.{os.getpid()}"
     written = []
+    fds: list[int] = []
     try:
-        for tmp, _name, data in pending:
-            _write_file(dfd, tmp, data)
-            written.append(tmp)
-        journal = "".join(f"{tmp}\t{name}\n" for tmp, name, _ in pending).encode(
-            "utf-8", "surrogateescape")
-        jtmp = f"{TMP_MARK}{JOURNAL}.{os.getpid()}"
-        _write_file(dfd, jtmp, journal)
-        written.append(jtmp)
+        try:
+            for tmp, data in [(tmp, data) for tmp, _name, data in pending] + [(jtmp, journal)]:
+                fds.append(_write_file(dfd, tmp, data))
+                written.append(tmp)
+            _fsync_all(fds)  # every file and the journal on disk before the commit
+        finally:
+            for fd in fds:
+                os.close(fd)
         _fsync_dir(dfd)
         os.rename(jtmp, JOURNAL, src_dir_fd=dfd, dst_dir_fd=dfd)  # the commit point
         _fsync_dir(dfd)

@@ -14,6 +14,7 @@ from kofactory import EM_SPARCV9, SHN_ABS, STB_GLOBAL, STT_REGISTER, VARIANTS, M
 from moddep.compression import compress, decompress, detect
 from moddep.elf import ElfModule
 from moddep.errors import CompressionError, ElfError
+from moddep.cache import PackIndex
 from moddep.extract import parse_image, read_keyed, read_module
 from moddep.modinfo import alias_normalize, modname_normalize, parse_modinfo, path_to_modname
 
@@ -170,7 +171,7 @@ def test_reading_a_module_leaves_no_reference_cycle(tmp_path: Path) -> None:
             elf = ElfModule(image)
             elf.exported_symbols(), elf.undefined_symbols(), elf.modinfo_raw()
             del elf
-            read_keyed(bytes(path), known={})
+            read_keyed(bytes(path), known=PackIndex())
             read_module(bytes(path))
         assert gc.collect() == 0
     finally:
