@@ -239,9 +239,8 @@ def _keep_newest(directory: str, count: int,
 
 
 def run_key(parts: Sequence[bytes]) -> bytes:
-    """Hash of a run's inputs (each part length-prefixed)."""
-    h = hashlib.sha256(FORMAT)
-    for p in parts:
-        h.update(b"%d:" % len(p))
-        h.update(p)
+    """Hash of a run's inputs (their count and lengths first, so they split one way only)."""
+    h = hashlib.sha256(FORMAT + b"run %d:" % len(parts))
+    h.update(array("Q", map(len, parts)).tobytes())  # the lengths, then the parts
+    h.update(b"".join(parts))
     return h.digest()

@@ -220,28 +220,29 @@ def compute(req: Request, source: ModuleSource, log: Optional[Log] = None) -> Re
     if req.errsyms and kernel is None:
         log.warning("-e needs -E or -F")
     mark("start")
-    files = discover(req, moddir_k, moddir_fs, log)
-    by_name = {f.name: f for f in files}
+    # by name: a canonical order for the cache's run key; the module array's order (which
+    # follows from the files, modules.order and the kmod generation) is only needed, and so
+    # only computed, when the run is not served from the cache
+    files = sorted(discover(req, moddir_k, moddir_fs, log), key=_name)
     order = _read_optional(moddir_fs + b"/modules.order", log, "modules.order", moddir_fs, root)
-    ordered = module_order(by_name, order, fs(moddir_fs) + "/modules.order", req.gen, log)
     builtin = builtin_modinfo = None
     if not req.text_only:
         builtin = _read_optional(moddir_fs + b"/modules.builtin", log, "modules.builtin",
                                  moddir_fs, root)
         builtin_modinfo = _read_optional(moddir_fs + b"/modules.builtin.modinfo", log,
                                          "modules.builtin.modinfo", moddir_fs, root)
-    paths = [m.fspath for m in ordered]
     mark("discovered")
-    loaded = source.load(moddir_fs, paths)
+    loaded = source.load(moddir_fs, [m.fspath for m in files])
     keys = loaded.keys
     mark("keys")
     rkey = None
+    first_msg, first_out = len(log.messages), len(log.stdout)
     if keys is not None and source.cache is not None:
         parts = [b"%d %r %r %r %r %r %r" % (req.gen.version, req.prefix, req.errsyms,
                                             req.warn_dups, req.verbose, req.text_only,
                                             req.host_config),
                  kernel_raw, _opt(order), _opt(builtin), _opt(builtin_modinfo)]
-        for m, k in zip(ordered, keys):
+        for m, k in zip(files, keys):
             parts += [m.kpath, m.relpath or b"\0", k]
         rkey = run_key(parts)
         hit = source.cache.load_run(rkey)
@@ -250,8 +251,11 @@ def compute(req: Request, source: ModuleSource, log: Optional[Log] = None) -> Re
                 log.messages.append(Message(level, text))
             log.stdout.extend(hit.stdout)
             return Result(hit.outputs, moddir_fs, outdir, None, log)
-    first_msg, first_out = len(log.messages), len(log.stdout)
-    data = loaded.data()
+    ordered = module_order({f.name: f for f in files}, order,
+                           fs(moddir_fs) + "/modules.order", req.gen, log)
+    position = {m.name: i for i, m in enumerate(files)}
+    by_file = loaded.data()
+    data = [by_file[position[m.name]] for m in ordered]
     mark("data")
     for m, d in zip(ordered, data):
         if d.error is not None:
@@ -293,6 +297,10 @@ def compute(req: Request, source: ModuleSource, log: Optional[Log] = None) -> Re
             outputs, [(m.level, m.text) for m in log.messages[first_msg:]],
             log.stdout[first_out:]))
     return Result(outputs, moddir_fs, outdir, model, log)
+
+
+def _name(m: ModuleFile) -> bytes:
+    return m.name
 
 
 def _opt(data: Optional[bytes]) -> bytes:
