@@ -6,6 +6,8 @@ Output never depends on the number of workers: results come back in input order.
 from __future__ import annotations
 
 import os
+import sys
+from array import array
 from typing import Callable, Optional, Sequence, TypeVar
 
 from moddep.cache import Cache, PackIndex, stat_identity
@@ -33,52 +35,75 @@ def map_files(fn: Callable[[bytes], T], paths: Sequence[bytes], jobs: int,
               weights: Optional[Sequence[int]] = None) -> list[T]:
     """``[fn(p) for p in paths]`` on ``jobs`` processes, in order.
 
-    The paths are dealt into one share per process: by ``weights`` (e.g. file sizes) the
-    heaviest first to the lightest share, so the shares finish together; without weights
-    round-robin (neighbours in module order are alike). The parent works through the first
-    share itself while forked children do the others, so only the children's results cross
-    a process boundary.
+    The paths are cut into batches, by ``weights`` (e.g. file sizes) the heaviest first (else
+    in order), and every process takes the next batch from a shared queue as it finishes
+    the last: the processes finish together however fast each runs (on a shared machine one
+    CPU can be much slower than the other). The queue is a pipe holding the batch numbers,
+    written whole before forking: a 4-byte read takes one batch, end of file means none left.
+    The parent works too, so only the children's results cross a process boundary.
     """
     total = len(paths)
-    if jobs <= 1 or total < MIN_PARALLEL:
-        jobs = 1
-    shares = _shares(total, jobs, weights)
+    if jobs <= 1 or total < MIN_PARALLEL or not hasattr(os, "fork"):
+        out = []
+        for n, p in enumerate(paths):
+            out.append(fn(p))
+            if progress and not n % 32:
+                progress(n, total)
+        if progress:
+            progress(total, total)
+        return out
+    batches = _batches(total, jobs, weights)
+    rfd, wfd = os.pipe()
+    try:
+        os.write(wfd, array("I", range(len(batches))).tobytes())  # 4 bytes a batch
+    finally:
+        os.close(wfd)
 
-    def task(share: list[int], report: bool) -> Callable[[], list[T]]:
-        def run() -> list[T]:
-            out = []
-            for n, i in enumerate(share):
-                out.append(fn(paths[i]))
-                if report and progress and not n % 32:
-                    progress(min(total, n * jobs), total)
-            return out
+    def work(report: bool) -> Callable[[], list[tuple[int, list[T]]]]:
+        def run() -> list[tuple[int, list[T]]]:
+            out: list[tuple[int, list[T]]] = []
+            while True:
+                got = os.read(rfd, 4)
+                if len(got) < 4:
+                    return out
+                b = int.from_bytes(got, sys.byteorder)
+                out.append((b, [fn(paths[i]) for i in batches[b]]))
+                if report and progress:
+                    progress(min(total, len(out) * len(batches[b]) * jobs), total)
         return run
 
-    results = fork_join([task(share, i == 0) for i, share in enumerate(shares)], jobs)
+    try:
+        results = fork_join([work(i == 0) for i in range(jobs)], jobs)
+    finally:
+        os.close(rfd)
     if progress:
         progress(total, total)
     merged: list[Optional[T]] = [None] * total
-    for share, res in zip(shares, results):
-        for i, r in zip(share, res):
-            merged[i] = r
+    for done in results:
+        for b, res in done:
+            for i, r in zip(batches[b], res):
+                merged[i] = r
     return merged  # type: ignore[return-value]
 
 
-def _shares(total: int, jobs: int, weights: Optional[Sequence[int]]) -> list[list[int]]:
-    """Indices 0..total-1 split into ``jobs`` shares, each in ascending order."""
-    if jobs <= 1:
-        return [list(range(total))]
+def _batches(total: int, jobs: int, weights: Optional[Sequence[int]]) -> list[list[int]]:
+    """Indices 0..total-1 in batches of about equal weight, heaviest files first; many
+    per process (so the last ones even out), few enough that taking one costs nothing."""
+    count = min(total, jobs * 24)
     if weights is None:
-        return [list(range(i, total, jobs)) for i in range(jobs)]
-    loads = [0] * jobs
-    shares: list[list[int]] = [[] for _ in range(jobs)]
-    for i in sorted(range(total), key=weights.__getitem__, reverse=True):
-        j = loads.index(min(loads))
-        shares[j].append(i)
-        loads[j] += weights[i] + 4096  # every file has a fixed cost too
-    for share in shares:
-        share.sort()
-    return shares
+        return [list(range(i * total // count, (i + 1) * total // count)) for i in range(count)]
+    order = sorted(range(total), key=weights.__getitem__, reverse=True)
+    cost = [weights[i] + 4096 for i in order]  # every file has a fixed cost too
+    step = sum(cost) / count
+    batches: list[list[int]] = [[]]
+    load = 0
+    for i, c in zip(order, cost):
+        if load >= step and len(batches) < count:
+            batches.append([])
+            load = 0
+        batches[-1].append(i)
+        load += c
+    return batches
 
 
 class Loaded:

@@ -1,0 +1,61 @@
+"""map_files: every process takes batches from one queue; results come back in input order."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from moddep.parallel import _batches, map_files
+
+
+def _tagged(path: bytes) -> tuple[bytes, int]:
+    return path.upper(), os.getpid()
+
+
+@pytest.mark.parametrize("jobs", [1, 2, 3])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_results_in_input_order_for_any_jobs(jobs: int, weighted: bool) -> None:
+    paths = [b"m%04d" % i for i in range(500)]
+    weights = [(i * 7919) % 1000 for i in range(500)] if weighted else None
+    out = map_files(_tagged, paths, jobs, weights=weights)
+    assert [r for r, _pid in out] == [p.upper() for p in paths]
+    workers = {pid for _r, pid in out}
+    assert os.getpid() in workers  # the parent works too
+    assert len(workers) <= jobs
+
+
+def test_a_slow_process_takes_fewer_batches() -> None:
+    """The parent is made slow; the child takes over most of the batches."""
+    parent = os.getpid()
+
+    def slow_in_parent(path: bytes) -> int:
+        if os.getpid() == parent:
+            for _ in range(20000):
+                pass
+        return os.getpid()
+
+    out = map_files(slow_in_parent, [b"x"] * 2000, 2)
+    assert out.count(parent) < len(out) // 3
+
+
+def test_batches_cover_every_index_once() -> None:
+    weights = [i % 97 * 1000 for i in range(4000)]
+    batches = _batches(4000, 2, weights)
+    assert sorted(i for b in batches for i in b) == list(range(4000))
+    assert 2 < len(batches) <= 48
+    assert weights[batches[0][0]] == max(weights)  # heaviest first
+
+
+def test_child_error_reaches_the_parent() -> None:
+    parent = os.getpid()
+
+    def fail_in_child(path: bytes) -> bytes:
+        if os.getpid() != parent:
+            raise ValueError("boom in child")
+        for _ in range(20000):  # leave batches for the child
+            pass
+        return path
+
+    with pytest.raises(ValueError, match="boom in child"):
+        map_files(fail_in_child, [b"x"] * 1000, 2)
