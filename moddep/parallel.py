@@ -12,7 +12,7 @@ from typing import Callable, Optional, Sequence, TypeVar
 
 from moddep.cache import Cache, PackIndex, stat_identity
 from moddep.compression import DEFAULT_LIMIT
-from moddep.extract import read_keyed, read_module
+from moddep.extract import Layout, read_keyed, read_module
 from moddep.model import ModuleData
 
 T = TypeVar("T")
@@ -174,7 +174,7 @@ class ModuleSource:
         A file whose stat identity the cache knows keeps its key unread. The others are
         read once, in parallel: key first, then extraction unless some pack (the last run
         over any module directory) holds that key, so a reinstalled or copied tree is only
-        re-keyed.
+        re-keyed. When many files are new, the workers stat them too.
         """
         cache = self.cache
         if cache is None:
@@ -182,39 +182,53 @@ class ModuleSource:
             return Loaded(self, moddir, paths, None, list(self.extract(paths, sizes)))
         known = cache.known_keys(moddir)
         packed = cache.pack_index()
-        keys: list[bytes] = []
-        ids = []
-        sizes = []
-        todo = []
-        for i, p in enumerate(paths):
+        limit = self.limit
+
+        def identity(path: bytes) -> tuple[tuple[int, ...], Optional[bytes]]:
+            """The file's stat identity, and its key if the cache knows that identity."""
             try:
-                st = os.stat(p)
-                ident = stat_identity(st)
-                sizes.append(st.st_size)
+                ident = stat_identity(os.stat(path))
             except OSError:
-                ident = ()
-                sizes.append(0)
-            ids.append(ident)
-            hit = known.get(p)
-            if hit is not None and ident and hit[0] == ident:
-                keys.append(hit[1])
+                return (), None
+            hit = known.get(path)
+            return ident, hit[1] if hit is not None and hit[0] == ident else None
+
+        def key(path: bytes) -> tuple[bytes, Optional[ModuleData], Optional[Layout],
+                                      tuple[int, ...]]:
+            ident, k = identity(path)
+            if k is not None:
+                return k, None, None, ident
+            return (*read_keyed(path, limit, packed), ident)
+
+        total = len(paths)
+        keys: list[bytes] = [b""] * total
+        ids: list[tuple[int, ...]] = [()] * total
+        data: list[Optional[ModuleData]] = [None] * total
+        # A re-run finds every identity known: stat here, nothing to fork for. Once a few
+        # files are new (a reinstall, a first run), the workers stat the rest themselves.
+        todo: list[int] = []
+        for i, path in enumerate(paths):
+            if len(todo) > 16:
+                todo += range(i, total)
+                break
+            ident, k = identity(path)
+            if k is not None:
+                keys[i], ids[i] = k, ident
             else:
-                keys.append(b"")
                 todo.append(i)
-        data: list[Optional[ModuleData]] = [None] * len(paths)
         layouts: dict[bytes, tuple[int, ...]] = {}
         if todo:
-            limit = self.limit
-            fresh = map_files(lambda p: read_keyed(p, limit, packed),
-                              [paths[i] for i in todo], self.jobs, self.progress,
-                              [sizes[i] for i in todo])
-            for i, (k, d, layout) in zip(todo, fresh):
-                keys[i] = k
-                data[i] = d
+            # file sizes, as the last run saw them, put the big files first
+            weights = [hit[0][2] if hit is not None and hit[0] else 0
+                       for hit in map(known.get, (paths[i] for i in todo))] if known else None
+            fresh = map_files(key, [paths[i] for i in todo], self.jobs, self.progress, weights)
+            for i, (k, d, layout, ident) in zip(todo, fresh):
+                keys[i], data[i], ids[i] = k, d, ident
                 if layout is not None:
                     layouts[layout[0]] = layout[1]
-            cache.save_keys(moddir, {p: (ident, k) for p, ident, k in
-                                     zip(paths, ids, keys) if ident and k})
+        seen = {p: (ident, k) for p, ident, k in zip(paths, ids, keys) if ident and k}
+        if seen != known:
+            cache.save_keys(moddir, seen)
         return Loaded(self, moddir, paths, keys if all(keys) else None, data, packed, layouts)
 
 
