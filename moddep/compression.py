@@ -10,8 +10,6 @@ Decompression is bounded: a stream that expands beyond ``limit`` bytes is refuse
 
 from __future__ import annotations
 
-import gzip
-import lzma
 import zlib
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -74,6 +72,8 @@ def _zstd(data: bytes, limit: int) -> bytes:
 
 
 def _xz(data: bytes, limit: int) -> bytes:
+    import lzma  # here, not at the top: only trees with .ko.xz files need it
+
     dec = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
     try:
         out = dec.decompress(data, max_length=limit + 1)
@@ -137,8 +137,12 @@ def decompress(data: bytes, path: Optional[str] = None, limit: int = DEFAULT_LIM
 def compress(data: bytes, name: str) -> bytes:
     """Compress ``data`` with codec ``name`` (used by tests and tools that stage trees)."""
     if name == "xz":
+        import lzma
+
         return lzma.compress(data, check=lzma.CHECK_CRC32)
     if name == "gzip":
+        import gzip
+
         return gzip.compress(data)
     if name == "zstd":
         import zstandard

@@ -10,19 +10,20 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field, replace
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from moddep.cache import RunResult, run_key
 from moddep.compat import KmodGeneration
 from moddep.config import depmod_d
 from moddep.diag import Log, Message, fs, mark
 from moddep.errors import ModdepError
-from moddep.graph import DepModel, KernelSymbols, module_order, resolve
-from moddep.index.outputs import Inputs, generate, wanted
 from moddep.modinfo import modname_normalize
 from moddep.parallel import ModuleSource, fork_join
 from moddep.rootfs import EscapeError, Root
 from moddep.scan import ModuleFile, Scanner, is_module_name, starts_dir
+
+if TYPE_CHECKING:
+    from moddep.graph import DepModel, KernelSymbols
 
 DEFAULT_MODULE_DIRS = (b"/lib/modules", b"/usr/lib/modules")
 VERSION_RE = re.compile(rb"\s*[+-]?\d+\.\s*[+-]?\d+")
@@ -75,6 +76,8 @@ def module_dir_name(req: Request) -> bytes:
 
 def load_kernel_symbols(req: Request, log: Log) -> tuple[Optional[KernelSymbols], bytes]:
     """-E Module.symvers (wins) or -F System.map, and the raw file (for the cache key)."""
+    from moddep.graph import KernelSymbols
+
     if req.symvers is not None:
         raw = _read_file(req.symvers)
         return KernelSymbols(_read_symvers(req.symvers, raw, req.prefix, log), True), b"E" + raw
@@ -251,6 +254,11 @@ def compute(req: Request, source: ModuleSource, log: Optional[Log] = None) -> Re
                 log.messages.append(Message(level, text))
             log.stdout.extend(hit.stdout)
             return Result(hit.outputs, moddir_fs, outdir, None, log)
+    # imported only now: a run served from the cache needs neither (their import is a tenth
+    # of such a run's start-up)
+    from moddep.graph import module_order, resolve
+    from moddep.index.outputs import Inputs, generate, wanted
+
     ordered = module_order({f.name: f for f in files}, order,
                            fs(moddir_fs) + "/modules.order", req.gen, log)
     position = {m.name: i for i, m in enumerate(files)}
