@@ -62,14 +62,16 @@ def map_files(fn: Callable[[bytes], T], paths: Sequence[bytes], jobs: int,
     def work(report: bool) -> Callable[[], list[tuple[int, list[T]]]]:
         def run() -> list[tuple[int, list[T]]]:
             out: list[tuple[int, list[T]]] = []
+            done = 0
             while True:
                 got = os.read(rfd, 4)
                 if len(got) < 4:
                     return out
                 b = int.from_bytes(got, sys.byteorder)
                 out.append((b, [fn(paths[i]) for i in batches[b]]))
-                if report and progress:
-                    progress(min(total, len(out) * len(batches[b]) * jobs), total)
+                done += len(batches[b])
+                if report and progress:  # the parent's count, times the processes
+                    progress(min(total - 1, done * jobs), total)
         return run
 
     try:

@@ -59,3 +59,35 @@ def test_child_error_reaches_the_parent() -> None:
 
     with pytest.raises(ValueError, match="boom in child"):
         map_files(fail_in_child, [b"x"] * 1000, 2)
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_progress_rises_and_ends_at_the_total(jobs: int) -> None:
+    seen: list[tuple[int, int]] = []
+    map_files(bytes.upper, [b"m%d" % i for i in range(700)], jobs,
+              progress=lambda done, total: seen.append((done, total)))
+    assert seen and seen[-1] == (700, 700)
+    counts = [done for done, _total in seen]
+    assert counts == sorted(counts) and all(total == 700 for _d, total in seen)
+    assert len(seen) > 2  # reported along the way, not only at the end
+
+
+def test_progress_bar_draws_on_a_terminal_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from moddep.tools.depmod import progress_bar
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    term = Tty()
+    monkeypatch.setattr("sys.stderr", term)
+    show = progress_bar("depmod", delay=0)
+    assert show is not None
+    show(50, 200)
+    show(200, 200)
+    out = term.getvalue()
+    assert "\rdepmod: [" in out and "50/200 modules" in out and out.endswith("200/200 modules\n")
+    monkeypatch.setattr("sys.stderr", io.StringIO())
+    assert progress_bar("depmod", delay=0) is None
