@@ -51,13 +51,13 @@ def fs(path: bytes) -> str:
 
 
 class _Timing:
-    """``MODDEP_TIMING=1``: each :func:`mark` prints the seconds since the process started to
+    """``MODDEP_TIMING=1`` (unset, empty or ``0``: off): each :func:`mark` prints the seconds since the process started to
     stderr (for profiling a run's phases; the benchmarks' figures come from outside)."""
 
     def __init__(self) -> None:
         import os
 
-        self.on = bool(os.environ.get("MODDEP_TIMING"))
+        self.on = os.environ.get("MODDEP_TIMING", "") not in ("", "0")
         self.start = 0.0
         if self.on:
             import time

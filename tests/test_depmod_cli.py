@@ -128,6 +128,9 @@ def test_timing_marks_go_to_stderr_only_when_asked(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "MODDEP_TIMING"}
     quiet = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     assert "moddep timing" not in quiet.stderr
+    off = subprocess.run(cmd, env={**env, "MODDEP_TIMING": "0"}, capture_output=True,
+                         text=True, check=True)
+    assert "moddep timing" not in off.stderr
     timed = subprocess.run(cmd, env={**env, "MODDEP_TIMING": "1"}, capture_output=True,
                            text=True, check=True)
     lines = [line.split() for line in timed.stderr.splitlines()
