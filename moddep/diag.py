@@ -51,8 +51,9 @@ def fs(path: bytes) -> str:
 
 
 class _Timing:
-    """``MODDEP_TIMING=1`` (unset, empty or ``0``: off): each :func:`mark` prints the seconds since the process started to
-    stderr (for profiling a run's phases; the benchmarks' figures come from outside)."""
+    """``MODDEP_TIMING=1`` (unset, empty or ``0``: off): each :func:`mark` prints the seconds
+    since the process started to stderr (for profiling a run's phases; the benchmarks' figures
+    come from outside)."""
 
     def __init__(self) -> None:
         import os

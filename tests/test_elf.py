@@ -11,10 +11,10 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 from kofactory import EM_SPARCV9, SHN_ABS, STB_GLOBAL, STT_REGISTER, VARIANTS, Module
 
+from moddep.cache import PackIndex
 from moddep.compression import compress, decompress, detect
 from moddep.elf import ElfModule
 from moddep.errors import CompressionError, ElfError
-from moddep.cache import PackIndex
 from moddep.extract import parse_image, read_keyed, read_module
 from moddep.modinfo import alias_normalize, modname_normalize, parse_modinfo, path_to_modname
 
