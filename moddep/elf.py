@@ -165,7 +165,7 @@ class ElfModule:
     def section_index(self, name: bytes) -> int:
         """Index of the first section (from 1) called ``name``; 0 when there is none.
 
-        Modules have a hundred-odd sections: rather than naming each, the table is searched
+        Modules have dozens of sections: rather than naming each, the table is searched
         for ``name`` and the section headers for that offset (names may share tails, e.g.
         ``.text`` inside ``.rela.text``, so every occurrence counts; C-level searches).
         """
@@ -438,11 +438,10 @@ class ElfModule:
         info = symtab[_SYMCOLS[cls][2]::_SYMSIZE[cls]]
         if self.machine in (EM_SPARC, EM_SPARCV9):
             und = [i for i in und if info[i] & 0xF != STT_REGISTER]
-        offs = list(map(namecol.__getitem__, und))
-        # each name runs to the next NUL (map/slice keep the loop in C); an offset past the
-        # table gives find() == -1 and an empty name, dropped like kmod's
-        ends = map(strtab.find, repeat(b"\0", len(offs)), offs)
-        names = list(map(strtab.__getitem__, map(slice, offs, ends)))
+        # each name runs to the next NUL (a list comprehension beats map/slice here); an
+        # offset past the table gives find() == -1 and an empty name, dropped like kmod's
+        find = strtab.find
+        names = [strtab[o:find(b"\0", o)] for o in map(namecol.__getitem__, und)]
         weak = bytes(map(info.__getitem__, und)).translate(_WEAK)
         if b"" in names:
             keep = [bool(n) for n in names]

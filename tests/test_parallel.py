@@ -20,9 +20,8 @@ def test_results_in_input_order_for_any_jobs(jobs: int, weighted: bool) -> None:
     weights = [(i * 7919) % 1000 for i in range(500)] if weighted else None
     out = map_files(_tagged, paths, jobs, weights=weights)
     assert [r for r, _pid in out] == [p.upper() for p in paths]
-    workers = {pid for _r, pid in out}
-    assert os.getpid() in workers  # the parent works too
-    assert len(workers) <= jobs
+    # (which processes took batches depends on scheduling: a child may take them all)
+    assert len({pid for _r, pid in out}) <= jobs
 
 
 def test_a_slow_process_takes_fewer_batches() -> None:
