@@ -109,10 +109,16 @@ class PackIndex:
     def __contains__(self, key: object) -> bool:
         return key in self.where
 
-    def sections(self, layout: bytes) -> Optional[tuple[int, ...]]:
-        """The CRC sections of a layout seen before, else None."""
+    def sections(self, layout: bytes, count: int) -> Optional[tuple[int, ...]]:
+        """The CRC sections of a layout seen before (of an image with ``count`` sections),
+        else None; a malformed entry (a damaged cache) is no entry."""
         got = self.layouts.get(layout)
-        return None if got is None else got[0]
+        if type(got) is not tuple or len(got) != 2 or type(got[0]) is not tuple:
+            return None
+        for i in got[0]:
+            if type(i) is not int or not 0 < i < count:
+                return None
+        return got[0]
 
 
 @dataclass

@@ -166,7 +166,7 @@ def read_keyed(fspath: bytes, limit: int = DEFAULT_LIMIT, known: Optional[PackIn
             return b"", parse_elf(elf), None
         state = layout_key(elf, limit)
         layout = state.digest()
-        sections = known.sections(layout)
+        sections = known.sections(layout, elf.section_count)
         if sections is not None:
             key = content_key(state, elf, sections)
             if key in known:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
 from pathlib import Path
 
@@ -133,7 +134,8 @@ def test_key_covers_every_byte_extraction_reads(crc_mode: str, bits: int) -> Non
     # what a cache that extracted this module once knows: its layout's CRC sections and key
     layout = layout_key(elf)
     known = PackIndex({key: "pack"}, {layout.digest(): (elf.crc_sections(), "pack")})
-    assert content_key(layout, elf, known.sections(layout.digest()) or ()) == key
+    assert content_key(layout, elf, known.sections(layout.digest(), elf.section_count) or ()) \
+        == key
     unchanged = 0
     for pos in range(len(image)):
         flipped = image[:pos] + bytes([image[pos] ^ 0x41]) + image[pos + 1:]
@@ -144,7 +146,7 @@ def test_key_covers_every_byte_extraction_reads(crc_mode: str, bits: int) -> Non
         # the key a re-run computes: with the CRC sections the cache stored for a layout
         # seen before, else those a scan finds
         state = layout_key(elf)
-        stored = known.sections(state.digest())
+        stored = known.sections(state.digest(), elf.section_count)
         keys = {image_key(elf)} | ({content_key(state, elf, stored)} if stored is not None
                                    else set())
         if key in keys:
@@ -164,3 +166,18 @@ def test_copy_elsewhere_with_other_options_reuses_module_data(
     plain = _run(other, "--no-cache", "-w")
     _no_extraction(monkeypatch)
     assert _run(other, "-w") == plain
+
+
+@pytest.mark.parametrize("damage", [(10 ** 6,), ("x",), (1,), None])
+def test_damaged_layout_entries_are_misses(tree: Path, tmp_path: Path,
+                                           damage: object) -> None:
+    """A pack index whose CRC-section lists are wrong (out of range, not numbers, another
+    section, not a tuple) costs a re-extraction, never a wrong or failed run."""
+    first = _run(tree)
+    index = tmp_path / "cache" / "packs" / "index"
+    where, layouts = pickle.loads(index.read_bytes())
+    assert layouts
+    index.write_bytes(pickle.dumps((where, {k: (damage, v[1]) for k, v in layouts.items()})))
+    other = tmp_path / "other"
+    shutil.copytree(tree, other)
+    assert _run(other) == first
