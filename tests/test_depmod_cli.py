@@ -141,3 +141,25 @@ def test_timing_marks_go_to_stderr_only_when_asked(tmp_path: Path) -> None:
     assert mine[0][1] == "start" and mine[-1][1] == "published"
     times = [t for t, _label in mine]
     assert times == sorted(times) and 0 < times[0] < 60
+
+
+def test_process_exit_flushes_output_and_keeps_the_status(tmp_path: Path) -> None:
+    """As a process, moddep leaves with os._exit once the command returns: everything written
+    to stdout must still arrive (a large -n output through a pipe), and the status stays."""
+    import subprocess
+    import sys
+
+    make_tree(tmp_path, {f"kernel/m{i}.ko": Module(exports=[(f"s{i}".encode(), 1)],
+                                                   modinfo=[(b"alias", f"a{i}".encode())]
+                                                   ).build() for i in range(300)})
+    cmd = [sys.executable, "-m", "moddep", "depmod", "-b", str(tmp_path), "--no-cache"]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # buffered pipes
+    shown = subprocess.run([*cmd, "-n", KVER], capture_output=True, check=True, env=env).stdout
+    assert shown.count(b"\nalias a") + shown.startswith(b"alias a") >= 300
+    assert shown.endswith(b"\n") and b"alias symbol:s299 m299\n" in shown
+    bad = subprocess.run([*cmd, "not-a-version"], capture_output=True, text=True, env=env)
+    assert bad.returncode == 1 and "Bad version passed" in bad.stderr
+    # print() output sits in the pipe's buffer until the exit flushes it
+    version = subprocess.run([*cmd, "--version"], capture_output=True, text=True, check=True,
+                             env=env)
+    assert version.stdout.startswith("moddep ")

@@ -13,7 +13,7 @@ from moddep import __version__, compat
 from moddep.cache import Cache, default_dir
 from moddep.compression import DEFAULT_LIMIT
 from moddep.depmod import Request, compute, is_version, module_dir_name, up_to_date
-from moddep.diag import DEBUG, ERROR, WARNING, Log, mark
+from moddep.diag import DEBUG, ERROR, WARNING, Log, keep_until_exit, mark
 from moddep.errors import DependencyCycleError, UsageError
 from moddep.parallel import ModuleSource, Progress
 from moddep.publish import publish
@@ -173,6 +173,7 @@ def _run(opts: argparse.Namespace, printer: Printer) -> int:
         return 0
     publish(os.fsdecode(result.outdir), result.outputs)
     mark("published")
+    keep_until_exit(result)
     return 0
 
 
