@@ -53,6 +53,7 @@ def map_files(fn: Callable[[bytes], T], paths: Sequence[bytes], jobs: int,
             progress(total, total)
         return out
     batches = _batches(total, jobs, weights)
+    jobs = min(jobs, len(batches))
     rfd, wfd = os.pipe()
     try:
         os.write(wfd, array("I", range(len(batches))).tobytes())  # 4 bytes a batch
@@ -90,8 +91,9 @@ def map_files(fn: Callable[[bytes], T], paths: Sequence[bytes], jobs: int,
 
 def _batches(total: int, jobs: int, weights: Optional[Sequence[int]]) -> list[list[int]]:
     """Indices 0..total-1 in batches of about equal weight, heaviest files first; many
-    per process (so the last ones even out), few enough that taking one costs nothing."""
-    count = min(total, jobs * 24)
+    per process (so the last ones even out), few enough that taking one costs nothing, and
+    whose numbers fit in a pipe's buffer (written before any process reads them)."""
+    count = min(total, jobs * 24, 4096)
     if weights is None:
         return [list(range(i * total // count, (i + 1) * total // count)) for i in range(count)]
     order = sorted(range(total), key=weights.__getitem__, reverse=True)

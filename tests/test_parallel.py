@@ -90,3 +90,11 @@ def test_progress_bar_draws_on_a_terminal_only(monkeypatch: pytest.MonkeyPatch) 
     assert "\rdepmod: [" in out and "50/200 modules" in out and out.endswith("200/200 modules\n")
     monkeypatch.setattr("sys.stderr", io.StringIO())
     assert progress_bar("depmod", delay=0) is None
+
+
+def test_many_jobs_do_not_overfill_the_queue() -> None:
+    """The batch numbers are written to a pipe before anyone reads: however many processes
+    are asked for, they must fit in its buffer (64 KiB on Linux)."""
+    assert len(_batches(100000, 100000, None)) * 4 <= 16384
+    out = map_files(bytes.upper, [b"m%d" % i for i in range(70)], 100)  # 70 batches at most
+    assert out == [b"M%d" % i for i in range(70)]
