@@ -145,23 +145,24 @@ def read_keyed(fspath: bytes, limit: int = DEFAULT_LIMIT, known: Optional[PackIn
     except OSError as e:  # no key: a run with an unreadable module is not cached
         return b"", ModuleData(error=e.strerror or str(e)), None
     try:
-        if detect(raw[:64]) is not None:  # (the ELF header's range: read once)
+        elf = error = None
+        if detect(raw[:64]) is None:  # (the ELF header's range: read once)
+            try:
+                elf = ElfModule(raw, path)
+            except ElfError as e:
+                error = f"{e.errno_text} ({e.message})"
+        if elf is None:  # compressed, or not a readable ELF image: keyed whole
             whole = raw[:]
             key = b"" if known is None else file_key(whole, limit)
             if known is not None and key in known:
                 return key, None, None
+            if error is not None:
+                return key, ModuleData(error=error), None
             try:
                 data = decompress(whole, path, limit)
             except ModdepError as e:
                 return key, ModuleData(error=e.message), None
             return key, parse_image(data, path), None
-        try:
-            elf = ElfModule(raw, path)
-        except ElfError as e:
-            key = b"" if known is None else file_key(raw[:], limit)
-            if known is not None and key in known:
-                return key, None, None
-            return key, ModuleData(error=f"{e.errno_text} ({e.message})"), None
         if known is None:
             return b"", parse_elf(elf), None
         state = layout_key(elf, limit)
