@@ -60,8 +60,6 @@ _EHDR_STRUCTS = {(cls, enc): struct.Struct((">" if enc == ELFDATA2MSB else "<") 
                  for cls, fmt in _EHDR.items() for enc in (ELFDATA2LSB, ELFDATA2MSB)}
 
 
-
-
 class Image(Protocol):
     """What the reader needs of a module image: ``bytes``, or a file read on demand
     (:class:`moddep.extract.FileImage`), so only the ranges read are ever copied."""
@@ -145,8 +143,7 @@ class ElfModule:
         self._shentsize = shentsize
         self._symtab_cache: Optional[tuple[bytes, int, bytes]] = None
         str_off, str_size = self._sh_off[shstrndx], self._sh_size[shstrndx]
-        if str_off + str_size > size:
-            self._check_range(str_off, str_size, "section name table")
+        self._check_range(str_off, str_size, "section name table")
         self._shstrtab = shstrtab = read(str_off, str_size)
         if str_size == 0 or shstrtab[-1] != 0:
             raise ElfError("section name table is empty or not NUL-terminated", path)

@@ -165,12 +165,10 @@ class ModuleSource:
         self.limit = limit
         self.progress = progress
 
-    def extract(self, paths: Sequence[bytes],
-                sizes: Optional[Sequence[int]] = None) -> list[ModuleData]:
+    def extract(self, paths: Sequence[bytes]) -> list[ModuleData]:
         """ModuleData of every path, in order, extracted (no cache)."""
         limit = self.limit
-        return map_files(lambda p: read_module(p, limit), paths, self.jobs, self.progress,
-                         sizes)
+        return map_files(lambda p: read_module(p, limit), paths, self.jobs, self.progress)
 
     def load(self, moddir: bytes, paths: Sequence[bytes]) -> Loaded:
         """Keys of ``paths`` and whatever data computing them yielded.
@@ -182,8 +180,7 @@ class ModuleSource:
         """
         cache = self.cache
         if cache is None:
-            sizes = [_size(p) for p in paths]
-            return Loaded(self, moddir, paths, None, list(self.extract(paths, sizes)))
+            return Loaded(self, moddir, paths, None, list(self.extract(paths)))
         known = cache.known_keys(moddir)
         packed = cache.pack_index()
         limit = self.limit
@@ -234,13 +231,6 @@ class ModuleSource:
         if seen != known:
             cache.save_keys(moddir, seen)
         return Loaded(self, moddir, paths, keys if all(keys) else None, data, packed, layouts)
-
-
-def _size(path: bytes) -> int:
-    try:
-        return os.stat(path).st_size
-    except OSError:
-        return 0
 
 
 def extract_all(paths: Sequence[bytes], jobs: Optional[int] = None,
