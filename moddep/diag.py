@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 # syslog priorities, as kmod's tools/log.c uses them
 FATAL, ERROR, WARNING, NOTICE, INFO, DEBUG = 2, 3, 4, 5, 6, 7
@@ -85,22 +86,19 @@ _timing = _Timing()
 mark = _timing.mark
 
 
-class _Exit:
-    """Whether this process leaves with ``os._exit`` (set by the console entry point), and
-    what it holds until then."""
-
-    fast = False
-    kept: list[object] = []
+# what the process holds until it leaves with os._exit (None: it will not, e.g. as a library)
+_kept_until_exit: Optional[list[object]] = None
 
 
 def keep_until_exit(obj: object) -> None:
     """When the process leaves with ``os._exit``, hold ``obj`` until then so it is never
     freed object by object (a depmod result is ~10^5 objects); otherwise (called as a
     library, as the tests do) let it go as usual."""
-    if _Exit.fast:
-        _Exit.kept.append(obj)
+    if _kept_until_exit is not None:
+        _kept_until_exit.append(obj)
 
 
 def leave_fast() -> None:
     """Declare that the process ends with ``os._exit`` once the command returns."""
-    _Exit.fast = True
+    global _kept_until_exit
+    _kept_until_exit = []

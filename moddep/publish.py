@@ -52,31 +52,27 @@ def _fsync_all(fds: list[int]) -> None:
     """fsync every descriptor, all at once: one thread each (fsync releases the GIL), so the
     filesystem can commit them together rather than one journal commit per file (a third of
     the time here). Raises the first failure."""
-    if not fds:
-        return
     errors: list[OSError] = []
-    counter = _thread.allocate_lock()
-    finished = _thread.allocate_lock()
-    finished.acquire()  # released by the last thread to finish
-    left = [len(fds)]
 
-    def sync(fd: int) -> None:
+    def sync(fd: int, done: _thread.LockType) -> None:
         try:
             os.fsync(fd)
         except OSError as e:
             errors.append(e)
         finally:
-            with counter:
-                left[0] -= 1
-                if not left[0]:
-                    finished.release()
+            done.release()
 
+    waits = []
     for fd in fds:
+        done = _thread.allocate_lock()
+        done.acquire()  # released when this file is synced
         try:
-            _thread.start_new_thread(sync, (fd,))
+            _thread.start_new_thread(sync, (fd, done))
         except RuntimeError:  # no more threads: this one does it
-            sync(fd)
-    finished.acquire()
+            sync(fd, done)
+        waits.append(done)
+    for done in waits:
+        done.acquire()
     if errors:
         raise errors[0]
 
