@@ -123,6 +123,8 @@ class PackIndex:
 
 @dataclass
 class RunResult:
+    """A finished run as the cache stores it: output files, messages, stdout lines."""
+
     outputs: dict[str, bytes]
     messages: list[tuple[int, str]]
     stdout: list[bytes]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import types
 from typing import Optional, Sequence
 
 # name -> (module, one-line help). Tools named like kmod's are also reachable via argv[0].
@@ -78,6 +79,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     and collecting it, which costs a depmod run a few percent (tens of milliseconds).
     """
     if argv is None:
+        _defer_imports(DEFERRED)
         from moddep.diag import leave_fast
 
         leave_fast()
@@ -89,6 +91,35 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 pass
         os._exit(code)
     return _command(list(argv))
+
+
+# Standard modules imported on every run but (almost) never used: dataclasses imports inspect
+# (with ast, dis, tokenize: a tenth of a depmod re-run's start-up) only to name a class
+# that has no docstring. Loaded on first use instead.
+DEFERRED = ("inspect",)
+
+
+class _Deferred(types.ModuleType):
+    """Stands in ``sys.modules`` for a module not loaded yet; the first attribute it lacks
+    loads the real module (which then replaces it there) and every later one is passed on.
+    (importlib's LazyLoader cannot serve here: an ``import`` statement reads the module's
+    ``__spec__``, and with LazyLoader that alone loads it.)"""
+
+    def __getattr__(self, attr: str) -> object:
+        real = self.__dict__.get("_real")
+        if real is None:
+            if sys.modules.get(self.__name__) is self:
+                del sys.modules[self.__name__]
+            real = self._real = importlib.import_module(self.__name__)
+        return getattr(real, attr)
+
+
+def _defer_imports(names: Sequence[str]) -> None:
+    """Let the not yet imported modules ``names`` load on first use; only for the process
+    itself (:func:`main` without arguments), never for a library caller."""
+    for name in names:
+        if name not in sys.modules:
+            sys.modules[name] = _Deferred(name)
 
 
 def _command(args: Sequence[str]) -> int:

@@ -18,6 +18,8 @@ ENV_VAR = "MODDEP_KMOD_VERSION"
 
 @dataclass(frozen=True)
 class KmodGeneration:
+    """What differs between the kmod versions whose output moddep reproduces."""
+
     version: int
     # .bin node layout: "post" (children first, root last) until v33; "pre" (root at offset 12)
     # from kmod commit dada048 "depmod: Write index in pre-order" (v34).

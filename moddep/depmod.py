@@ -57,6 +57,8 @@ class Request:
 
 @dataclass
 class Result:
+    """What one depmod run computed, and where its outputs go."""
+
     outputs: dict[str, bytes]
     moddir: bytes  # module dir on this machine (inputs)
     outdir: bytes  # where outputs go on this machine

@@ -13,6 +13,8 @@ LEVEL_NAMES = {FATAL: "FATAL", ERROR: "ERROR", WARNING: "WARNING", NOTICE: "NOTI
 
 @dataclass(frozen=True)
 class Message:
+    """One diagnostic: kmod's log level and its text."""
+
     level: int
     text: str
 

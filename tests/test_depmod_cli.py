@@ -163,3 +163,52 @@ def test_process_exit_flushes_output_and_keeps_the_status(tmp_path: Path) -> Non
     version = subprocess.run([*cmd, "--version"], capture_output=True, text=True, check=True,
                              env=env)
     assert version.stdout.startswith("moddep ")
+
+
+def test_process_start_up_skips_unused_standard_modules(tmp_path: Path) -> None:
+    """As a process, a depmod run never loads inspect (dataclasses imports it only to name a
+    class without a docstring: cli defers it) nor shutil (argparse's stock formatter imports
+    it for the terminal width: depmod's formatter does not)."""
+    import subprocess
+    import sys
+
+    _tree(tmp_path)
+    code = ("import sys; from moddep.cli import main; "
+            f"sys.argv = ['moddep', 'depmod', '-b', {str(tmp_path)!r}, '--no-cache', {KVER!r}]; "
+            "main()")
+    # -S: no site start-up (its .pth files import what they like); moddep from this checkout
+    top = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ, PYTHONPATH=top)
+    run = subprocess.run([sys.executable, "-S", "-X", "importtime", "-c", code],
+                         capture_output=True, text=True, check=True, env=env)
+    names = [line.rsplit("|", 1)[1].strip() for line in run.stderr.splitlines()
+             if line.startswith("import time:") and "|" in line]
+    assert "moddep.depmod" in names and "moddep.graph" in names  # a full run was imported
+    assert "dataclasses" in names and "argparse" in names
+    assert "inspect" not in names and "shutil" not in names
+
+
+def test_deferred_module_loads_on_first_use() -> None:
+    import importlib
+    import sys
+
+    from moddep import cli
+
+    name = "colorsys"  # small, and nothing here imports it
+    sys.modules.pop(name, None)
+    cli._defer_imports([name])
+    stub = sys.modules[name]
+    mod = importlib.import_module(name)  # an import statement finds the stand-in ...
+    assert mod is stub and "_real" not in vars(stub)  # ... and loads nothing
+    assert stub.rgb_to_hsv(1.0, 0.0, 0.0) == (0.0, 1.0, 1.0)  # the first use loads it
+    assert sys.modules[name] is not stub and sys.modules[name].rgb_to_hsv is stub.rgb_to_hsv
+    sys.modules.pop(name, None)
+
+
+def test_help_width_follows_columns(monkeypatch: pytest.MonkeyPatch) -> None:
+    from moddep.tools._common import terminal_columns
+
+    monkeypatch.setenv("COLUMNS", "123")
+    assert terminal_columns() == 123
+    monkeypatch.setenv("COLUMNS", "junk")
+    assert terminal_columns() >= 1

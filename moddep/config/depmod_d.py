@@ -19,6 +19,8 @@ SEARCH_PATH, SEARCH_BUILTIN, SEARCH_EXTERNAL = "path", "built-in", "external"
 
 @dataclass(frozen=True)
 class Search:
+    """One entry of depmod.d's ``search`` list."""
+
     kind: str  # SEARCH_PATH | SEARCH_BUILTIN | SEARCH_EXTERNAL
     path: bytes = b""
 

@@ -293,6 +293,8 @@ def modules_builtin_alias_bin(inp: Inputs) -> bytes:
 
 @dataclass(frozen=True)
 class Output:
+    """One index file: its name, its generator and the kmod versions writing it."""
+
     name: str
     generate: Callable[[Inputs], bytes]
     binary: bool

@@ -61,6 +61,8 @@ class Call:
 
 @dataclass
 class _Loaded:
+    """A module loaded into the fake kernel."""
+
     name: bytes
     size: int
     deps: list[bytes]

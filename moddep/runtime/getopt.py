@@ -24,6 +24,8 @@ from typing import Iterator, Optional
 
 @dataclass(frozen=True)
 class LongOption:
+    """A long option as getopt_long's ``struct option`` describes it."""
+
     name: str
     has_arg: bool
     key: str  # what the option means: a short letter or a tool-defined word

@@ -46,6 +46,8 @@ REMOVE_FORCE = os.O_TRUNC
 
 @dataclass(frozen=True)
 class Syscalls:
+    """System call numbers of the module syscalls on one architecture."""
+
     init_module: int
     delete_module: int
     finit_module: int

@@ -57,12 +57,16 @@ _SPACE = frozenset(b" \t\n\v\f\r")
 
 @dataclass(frozen=True)
 class Alias:
+    """An ``alias PATTERN MODULE`` line."""
+
     pattern: bytes
     modname: bytes
 
 
 @dataclass(frozen=True)
 class Options:
+    """An ``options MODULE ...`` line."""
+
     modname: bytes
     options: bytes
 
@@ -77,6 +81,8 @@ class Command:
 
 @dataclass(frozen=True)
 class Softdep:
+    """A ``softdep MODULE pre: ... post: ...`` line."""
+
     pattern: bytes
     pre: tuple[bytes, ...]
     post: tuple[bytes, ...]
@@ -94,6 +100,8 @@ class Softdep:
 
 @dataclass(frozen=True)
 class Weakdep:
+    """A ``weakdep MODULE ...`` line."""
+
     pattern: bytes
     deps: tuple[bytes, ...]
 
@@ -113,6 +121,8 @@ class ModprobeConfig:
 
 @dataclass
 class _Builder:
+    """The configuration collected so far, in file order."""
+
     aliases: list[Alias] = field(default_factory=list)
     blacklists: list[bytes] = field(default_factory=list)
     options: list[Options] = field(default_factory=list)

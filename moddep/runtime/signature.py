@@ -55,6 +55,8 @@ OID_COMMON_NAME = "2.5.4.3"
 
 @dataclass(frozen=True)
 class SignatureInfo:
+    """The signature fields modinfo shows of a signed module."""
+
     id_type: str
     signer: bytes
     key_id: bytes

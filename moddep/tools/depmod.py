@@ -17,7 +17,7 @@ from moddep.diag import DEBUG, ERROR, WARNING, Log, keep_until_exit, mark
 from moddep.errors import DependencyCycleError, UsageError
 from moddep.parallel import ModuleSource, Progress
 from moddep.publish import publish
-from moddep.tools._common import Printer, run_guarded
+from moddep.tools._common import HelpFormatter, Printer, run_guarded
 
 DESCRIPTION = """\
 Generate modules.dep, modules.alias, modules.symbols ... and their .bin indexes for the
@@ -31,7 +31,7 @@ behaviour. Files are fsynced and the whole set is published atomically.
 
 def parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=DESCRIPTION,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     a = p.add_argument
     a("-a", "--all", action="store_true", help="probe all modules (default without FILES)")
     a("-A", "--quick", action="store_true",

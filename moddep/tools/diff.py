@@ -45,6 +45,8 @@ SECTIONS = (
 
 @dataclass
 class Side:
+    """One side of a comparison: where its index files came from, and their contents."""
+
     path: str
     moddir: bytes
     files: dict[str, bytes]

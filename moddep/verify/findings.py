@@ -22,6 +22,8 @@ GROUPS = (INDEXES, SYMBOLS, MODULES, DEPENDS, FIRMWARE)
 
 @dataclass(frozen=True)
 class Check:
+    """One kind of finding verify reports."""
+
     code: str
     severity: str
     group: str

@@ -194,6 +194,8 @@ def from_installed(inst: Installed) -> Deps:
 
 @dataclass(frozen=True)
 class AliasMatch:
+    """A module whose alias patterns match a modalias."""
+
     module: bytes
     patterns: tuple[bytes, ...]
     builtin: bool = False

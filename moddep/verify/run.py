@@ -50,6 +50,8 @@ class Options:
 
 @dataclass
 class FileResult:
+    """How one index file compares with what depmod would write."""
+
     name: str
     status: str
     changes: list[Change] = field(default_factory=list)
@@ -66,6 +68,8 @@ class FileResult:
 
 @dataclass
 class Result:
+    """A verify run's findings for one module directory."""
+
     moddir: str
     kver: str
     kmod_version: int

@@ -91,6 +91,8 @@ def moddir_target(req: Request) -> bytes:
 
 @dataclass(frozen=True)
 class Generation:
+    """The kmod generation a check uses, and why."""
+
     gen: KmodGeneration
     reason: str  # why this generation: for reports
 

@@ -196,6 +196,8 @@ def parse_trace(text: str) -> ParsedTrace:
 # -- attribution --------------------------------------------------------------------------
 @dataclass
 class _Ref:
+    """A module reference seen in the trace, and who took it."""
+
     holder_pid: int
     site: str
     timestamp: str
