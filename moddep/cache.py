@@ -4,9 +4,10 @@ Keyed by content, never by time, so a changed module is never served stale and a
 one is found again after a reinstall gave it a new mtime:
 
 * a module's **content key** is the SHA-256 of the bytes its extraction depends on: for an
-  uncompressed ELF module its size and every byte range the extractor reads (headers, the
-  symbol, string, modinfo, version and CRC sections: about a sixth of a distro tree, so a
-  reinstalled tree is re-keyed in a fraction of the time a whole-file hash takes); for a
+  uncompressed ELF module its size, every section's name and type, and every byte range the
+  extractor reads (the ELF header, the section name table, the symbol, string, modinfo,
+  version and CRC sections: about a seventh of a distro tree, so a reinstalled tree is
+  re-keyed in a fraction of the time a whole-file hash takes); for a
   compressed file, or one that is not a readable ELF image, the whole file as stored. The
   key is computed in the same pass (and from the same reads) as the extraction itself;
 * ``packs/`` holds, per module directory, the extracted :class:`~moddep.model.ModuleData` of
@@ -38,7 +39,7 @@ from moddep.elf import ElfModule
 from moddep.model import ModuleData
 
 # bump when ModuleData or the extraction changes meaning
-FORMAT = f"moddep-cache-3 {__version__}".encode()
+FORMAT = f"moddep-cache-4 {__version__}".encode()
 KEEP_RUNS = 16
 KEEP_PACKS = 8
 
@@ -58,12 +59,16 @@ def file_key(raw: bytes, limit: int = DEFAULT_LIMIT) -> bytes:
 def layout_key(elf: ElfModule, limit: int = DEFAULT_LIMIT) -> hashlib._Hash:
     """Hash state over an uncompressed ELF module's size and the byte ranges extraction
     reads apart from CRC sections (:meth:`moddep.elf.ElfModule.depmod_inputs`), each with
-    its position. Its digest names the module's *layout*: every input of extraction except
-    the contents of the CRC sections, whose indices it decides."""
+    its position, and the section names and types (:meth:`~moddep.elf.ElfModule.section_columns`).
+    Its digest names the module's *layout*: every input of extraction except the contents of
+    the CRC sections, whose indices it decides."""
     ranges = elf.depmod_inputs()
-    # the positions first (so the contents that follow split one way only), then the contents
-    h = hashlib.sha256(b"%s elf %d %d:" % (FORMAT, limit, elf.size))
+    columns = elf.section_columns()
+    # the positions and the (fixed-size) columns first, so the contents that follow split
+    # one way only; then the contents
+    h = hashlib.sha256(b"%s elf %d %d %d:" % (FORMAT, limit, elf.size, len(columns)))
     h.update(array("Q", chain.from_iterable(ranges)).tobytes())
+    h.update(columns)
     read = elf.read
     for off, size in ranges:
         h.update(read(off, size))

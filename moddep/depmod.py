@@ -78,12 +78,14 @@ def module_dir_name(req: Request) -> bytes:
 
 def load_kernel_symbols(req: Request, log: Log) -> tuple[Optional[KernelSymbols], bytes]:
     """-E Module.symvers (wins) or -F System.map, and the raw file (for the cache key)."""
-    from moddep.graph import KernelSymbols
-
     if req.symvers is not None:
+        from moddep.graph import KernelSymbols  # (not imported on a run the cache serves)
+
         raw = _read_file(req.symvers)
         return KernelSymbols(_read_symvers(req.symvers, raw, req.prefix, log), True), b"E" + raw
     if req.sysmap is not None:
+        from moddep.graph import KernelSymbols
+
         raw = _read_file(req.sysmap)
         return KernelSymbols(_read_system_map(req.sysmap, raw, req.prefix, log), False), \
             b"F" + raw

@@ -345,23 +345,29 @@ class ElfModule:
 
     def depmod_inputs(self) -> list[tuple[int, int]]:
         """(offset, size) of the byte ranges depmod's extraction reads from this image,
-        apart from the CRC sections (:meth:`crc_sections`).
+        apart from the section header table and the CRC sections (:meth:`crc_sections`).
 
-        With the image size and the CRC sections' contents, these decide everything
-        :func:`moddep.extract.parse_elf` returns (the cache keys a module by them): the ELF
-        header, the section header table, the section name table and the sections named in
-        the module docstring. Which sections hold CRCs is itself decided by these ranges
-        (``.symtab``, ``.strtab``, the section count). Code, data and relocations are never
-        read. Ranges may overrun the file; the reader checks that.
+        With the image size, :meth:`section_columns` and the CRC sections' contents, these
+        decide everything :func:`moddep.extract.parse_elf` returns (the cache keys a module
+        by them): the ELF header, the section name table and the sections named in the
+        module docstring. Which sections hold CRCs is itself decided by these (``.symtab``,
+        ``.strtab``, the section count). Code, data and relocations are never read. Ranges
+        may overrun the file; the reader checks that.
         """
-        ranges = [(0, 64 if self.elfclass == ELFCLASS64 else 52),
-                  (self._shoff, self._shnum * self._shentsize), self._shstr_range]
+        ranges = [(0, 64 if self.elfclass == ELFCLASS64 else 52), self._shstr_range]
         header = self.section_header
         for name in _DEPMOD_SECTIONS:
             hdr = header(name)
             if hdr is not None and hdr[1] != SHT_NOBITS:
                 ranges.append((hdr[3], hdr[4]))
         return ranges
+
+    def section_columns(self) -> bytes:
+        """The section header fields extraction depends on besides the offsets and sizes
+        :meth:`depmod_inputs` gives: every section's name and type (which section is which),
+        as native 32-bit words. The rest of the table (flags, addresses, links, the other
+        sections' places) is an eighth of it and never read."""
+        return self._sh_name.tobytes() + self._sh_type.tobytes()
 
     def crc_sections(self) -> tuple[int, ...]:
         """Indices of the sections ``__crc_`` symbols point into (their words are read as
