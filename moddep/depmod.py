@@ -254,6 +254,7 @@ def compute(req: Request, source: ModuleSource, log: Optional[Log] = None) -> Re
         rkey = run_key(parts)
         hit = source.cache.load_run(rkey)
         if hit is not None:
+            loaded.store_keys()
             for level, text in hit.messages:
                 log.messages.append(Message(level, text))
             log.stdout.extend(hit.stdout)

@@ -116,8 +116,10 @@ class Loaded:
     def __init__(self, source: ModuleSource, moddir: bytes, paths: Sequence[bytes],
                  keys: Optional[list[bytes]], data: list[Optional[ModuleData]],
                  packed: Optional[PackIndex] = None,
-                 layouts: Optional[dict[bytes, tuple[int, ...]]] = None) -> None:
+                 layouts: Optional[dict[bytes, tuple[int, ...]]] = None,
+                 seen: Optional[dict[bytes, tuple[tuple[int, ...], bytes]]] = None) -> None:
         self.source = source
+        self.seen = seen  # the files' stat identities and keys, when the cache's are stale
         self.packed = packed or PackIndex()  # where the data of earlier runs is
         self.layouts = layouts or {}  # layouts learnt by this run's extraction
         self.moddir = moddir
@@ -147,8 +149,17 @@ class Loaded:
             self._changed = True
         return out  # type: ignore[return-value]
 
+    def store_keys(self) -> None:
+        """Save the files' stat identities and keys, if they changed (once)."""
+        cache = self.source.cache
+        if self.seen is not None and cache is not None:
+            cache.save_keys(self.moddir, self.seen)
+            self.seen = None
+
     def store(self) -> None:
-        """Save this run's module data as the module directory's pack, if it changed."""
+        """Save the keys (:meth:`store_keys`) and this run's module data as the module
+        directory's pack, if it changed."""
+        self.store_keys()
         cache = self.source.cache
         if self._changed and cache is not None and self.keys is not None:
             cache.save_pack(self.moddir, dict(zip(self.keys, self._data)),  # type: ignore[arg-type]
@@ -228,9 +239,8 @@ class ModuleSource:
                 if layout is not None:
                     layouts[layout[0]] = layout[1]
         seen = {p: (ident, k) for p, ident, k in zip(paths, ids, keys) if ident and k}
-        if seen != known:
-            cache.save_keys(moddir, seen)
-        return Loaded(self, moddir, paths, keys if all(keys) else None, data, packed, layouts)
+        return Loaded(self, moddir, paths, keys if all(keys) else None, data, packed, layouts,
+                      seen if seen != known else None)
 
 
 def extract_all(paths: Sequence[bytes], jobs: Optional[int] = None,
@@ -254,6 +264,7 @@ def fork_join(tasks: Sequence[Callable[[], T]], jobs: int) -> list[T]:
     children = []
     for share in shares[1:]:
         rfd, wfd = os.pipe()
+        _widen(wfd)
         pid = os.fork()
         if pid == 0:  # child
             os.close(rfd)
@@ -280,3 +291,18 @@ def fork_join(tasks: Sequence[Callable[[], T]], jobs: int) -> list[T]:
         for i, v in zip(share, value):
             results[i] = v
     return results  # type: ignore[return-value]
+
+
+# a pipe's buffer, if the system lets it grow (Linux: up to /proc/sys/fs/pipe-max-size, 1 MiB
+# by default even unprivileged): a child's results then cross in a few large writes instead
+# of a wake-up of each side per 64 KiB
+PIPE_SIZE = 1 << 20
+
+
+def _widen(fd: int) -> None:
+    try:
+        import fcntl
+
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_SIZE)
+    except (ImportError, OSError):
+        pass  # another system, or a lower limit: the default buffer

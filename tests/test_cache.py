@@ -13,6 +13,7 @@ from kofactory import Module
 from synth import KVER, make_tree
 
 import moddep.extract
+import moddep.parallel
 from moddep.cache import PackIndex, content_key, image_key, layout_key
 from moddep.cli import main
 from moddep.elf import ElfModule
@@ -56,6 +57,24 @@ def test_rerun_is_served_from_cache_and_identical(tree: Path,
     assert first == plain
     _no_extraction(monkeypatch)
     assert _run(tree) == plain
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_rerun_reads_no_module(tree: Path, monkeypatch: pytest.MonkeyPatch, jobs: str) -> None:
+    """The stat identities and keys a run learns are saved whether it computed the outputs
+    (where the saving happens beside the output work) or was served them: the next run
+    reads no module file at all."""
+    first = _run(tree, "-j", jobs)
+    for mod in (tree / "lib/modules" / KVER / "kernel").iterdir():  # new identities ...
+        os.utime(mod, ns=(mod.stat().st_atime_ns, mod.stat().st_mtime_ns + 10**9))
+    assert _run(tree, "-j", jobs) == first  # ... re-keyed, served by the run cache
+
+    def unread(*_a: object, **_k: object) -> None:
+        raise AssertionError("a module file was read although its identity is known")
+
+    monkeypatch.setattr(moddep.extract, "read_keyed", unread)
+    monkeypatch.setattr(moddep.parallel, "read_keyed", unread)
+    assert _run(tree, "-j", jobs) == first
 
 
 def test_new_mtimes_same_content_still_hit(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
