@@ -286,12 +286,14 @@ def compute(req: Request, source: ModuleSource, log: Optional[Log] = None) -> Re
         mark("resolved")
         out = generate(replace(inputs, model=model), [o for o in todo if o.resolved])
         mark("outputs needing the model")
+        # the cache's copy of the module data: in this half, which finishes first, so that
+        # the other's results need not wait for it
+        loaded.store()
         return model, out
 
     def without_model() -> tuple[None, list[tuple[str, bytes, list[Message]]]]:
         out = generate(inputs, [o for o in todo if not o.resolved])
         mark("outputs without the model")
-        loaded.store()  # the cache's copy of the module data, while the other half resolves
         return None, out
 
     (model, first), (_none, second) = fork_join([with_model, without_model], source.jobs)
