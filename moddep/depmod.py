@@ -239,7 +239,22 @@ def compute(req: Request, source: ModuleSource, log: Optional[Log] = None) -> Re
         builtin_modinfo = _read_optional(moddir_fs + b"/modules.builtin.modinfo", log,
                                          "modules.builtin.modinfo", moddir_fs, root)
     mark("discovered")
-    loaded = source.load(moddir_fs, [m.fspath for m in files])
+
+    def arrange() -> tuple[list[ModuleFile], Log]:
+        """The module array (and the messages sorting it gave), for a run that computes its
+        outputs: ready by the end of the extraction pass when it runs beside it."""
+        from moddep.graph import module_order
+
+        order_log = Log()
+        ordered = module_order({f.name: f for f in files}, order,
+                               fs(moddir_fs) + "/modules.order", req.gen, order_log)
+        import moddep.index.outputs  # noqa: F401 - the outputs' import, done beside too
+
+        return ordered, order_log
+
+    arranged: list[tuple[list[ModuleFile], Log]] = []
+    loaded = source.load(moddir_fs, [m.fspath for m in files],
+                         lambda: arranged.append(arrange()))
     keys = loaded.keys
     mark("keys")
     rkey = None
@@ -261,11 +276,11 @@ def compute(req: Request, source: ModuleSource, log: Optional[Log] = None) -> Re
             return Result(hit.outputs, moddir_fs, outdir, None, log)
     # imported only now: a run served from the cache needs neither (their import is a tenth
     # of such a run's start-up)
-    from moddep.graph import module_order, resolve
+    from moddep.graph import resolve
     from moddep.index.outputs import Inputs, generate, wanted
 
-    ordered = module_order({f.name: f for f in files}, order,
-                           fs(moddir_fs) + "/modules.order", req.gen, log)
+    ordered, order_log = arranged[0] if arranged else arrange()
+    log.messages.extend(order_log.messages)
     position = {m.name: i for i, m in enumerate(files)}
     by_file = loaded.data()
     data = [by_file[position[m.name]] for m in ordered]

@@ -32,7 +32,8 @@ def default_jobs() -> int:
 
 def map_files(fn: Callable[[bytes], T], paths: Sequence[bytes], jobs: int,
               progress: Optional[Progress] = None,
-              weights: Optional[Sequence[int]] = None) -> list[T]:
+              weights: Optional[Sequence[int]] = None,
+              side: Optional[Callable[[], object]] = None) -> list[T]:
     """``[fn(p) for p in paths]`` on ``jobs`` processes, in order.
 
     The paths are cut into batches, by ``weights`` (e.g. file sizes) the heaviest first (else
@@ -40,10 +41,14 @@ def map_files(fn: Callable[[bytes], T], paths: Sequence[bytes], jobs: int,
     the last: the processes finish together however fast each runs (on a shared machine one
     CPU can be much slower than the other). The queue is a pipe holding the batch numbers,
     written whole before forking: a 4-byte read takes one batch, end of file means none left.
-    The parent works too, so only the children's results cross a process boundary.
+    The parent works too, so only the children's results cross a process boundary. ``side``,
+    if given, is run once by the parent before its first batch (the others take more
+    batches meanwhile): work of the caller's own that needs no result of this map.
     """
     total = len(paths)
     if jobs <= 1 or total < MIN_PARALLEL or not hasattr(os, "fork"):
+        if side is not None:
+            side()
         out = []
         for n, p in enumerate(paths):
             out.append(fn(p))
@@ -60,8 +65,10 @@ def map_files(fn: Callable[[bytes], T], paths: Sequence[bytes], jobs: int,
     finally:
         os.close(wfd)
 
-    def work(report: bool) -> Callable[[], list[tuple[int, list[T]]]]:
+    def work(parent: bool) -> Callable[[], list[tuple[int, list[T]]]]:
         def run() -> list[tuple[int, list[T]]]:
+            if parent and side is not None:
+                side()
             out: list[tuple[int, list[T]]] = []
             done = 0
             while True:
@@ -71,7 +78,7 @@ def map_files(fn: Callable[[bytes], T], paths: Sequence[bytes], jobs: int,
                 b = int.from_bytes(got, sys.byteorder)
                 out.append((b, [fn(paths[i]) for i in batches[b]]))
                 done += len(batches[b])
-                if report and progress:  # the parent's count, times the processes
+                if parent and progress:  # the parent's count, times the processes
                     progress(min(total - 1, done * jobs), total)
         return run
 
@@ -176,23 +183,32 @@ class ModuleSource:
         self.limit = limit
         self.progress = progress
 
-    def extract(self, paths: Sequence[bytes]) -> list[ModuleData]:
-        """ModuleData of every path, in order, extracted (no cache)."""
+    def extract(self, paths: Sequence[bytes],
+                side: Optional[Callable[[], object]] = None) -> list[ModuleData]:
+        """ModuleData of every path, in order, extracted (no cache); ``side`` as in
+        :func:`map_files`."""
         limit = self.limit
-        return map_files(lambda p: read_module(p, limit), paths, self.jobs, self.progress)
+        return map_files(lambda p: read_module(p, limit), paths, self.jobs, self.progress,
+                         side=side)
 
-    def load(self, moddir: bytes, paths: Sequence[bytes]) -> Loaded:
+    def load(self, moddir: bytes, paths: Sequence[bytes],
+             prepare: Optional[Callable[[], object]] = None) -> Loaded:
         """Keys of ``paths`` and whatever data computing them yielded.
 
         A file whose stat identity the cache knows keeps its key unread. The others are
         read once, in parallel: key first, then extraction unless some pack (the last run
         over any module directory) holds that key, so a reinstalled or copied tree is only
         re-keyed. When many files are new, the workers stat them too.
+
+        ``prepare`` (the caller's work for a run that computes its outputs) is run during the
+        pass (:func:`map_files`'s ``side``) when this is likely such a run: no cache, or one
+        that knows nothing of this module directory.
         """
         cache = self.cache
         if cache is None:
-            return Loaded(self, moddir, paths, None, list(self.extract(paths)))
+            return Loaded(self, moddir, paths, None, list(self.extract(paths, prepare)))
         known = cache.known_keys(moddir)
+        side = None if known else prepare
         packed = cache.pack_index()
         limit = self.limit
 
@@ -233,7 +249,8 @@ class ModuleSource:
             # file sizes, as the last run saw them, put the big files first
             weights = [hit[0][2] if hit is not None and hit[0] else 0
                        for hit in map(known.get, (paths[i] for i in todo))] if known else None
-            fresh = map_files(key, [paths[i] for i in todo], self.jobs, self.progress, weights)
+            fresh = map_files(key, [paths[i] for i in todo], self.jobs, self.progress, weights,
+                              side)
             for i, (k, d, layout, ident) in zip(todo, fresh):
                 keys[i], data[i], ids[i] = k, d, ident
                 if layout is not None:

@@ -6,6 +6,7 @@ import os
 import pickle
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import synth
@@ -75,6 +76,27 @@ def test_rerun_reads_no_module(tree: Path, monkeypatch: pytest.MonkeyPatch, jobs
     monkeypatch.setattr(moddep.extract, "read_keyed", unread)
     monkeypatch.setattr(moddep.parallel, "read_keyed", unread)
     assert _run(tree, "-j", jobs) == first
+
+
+def test_module_array_is_arranged_only_for_computed_runs(
+        tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A first run sorts the module array (beside the extraction pass); a re-run the cache
+    serves, even one that re-keys every file, never does."""
+    import moddep.graph
+
+    calls: list[int] = []
+    real = moddep.graph.module_order
+
+    def spy(*a: Any, **k: Any) -> Any:
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(moddep.graph, "module_order", spy)
+    first = _run(tree)
+    assert calls == [1]
+    for mod in (tree / "lib/modules" / KVER / "kernel").iterdir():
+        os.utime(mod, ns=(mod.stat().st_atime_ns, mod.stat().st_mtime_ns + 10**9))
+    assert _run(tree) == first and calls == [1]
 
 
 def test_new_mtimes_same_content_still_hit(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:

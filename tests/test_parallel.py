@@ -38,6 +38,25 @@ def test_a_slow_process_takes_fewer_batches() -> None:
     assert out.count(parent) < len(out) // 3
 
 
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_side_work_runs_once_in_the_parent_during_the_map(jobs: int) -> None:
+    """``side`` runs in the calling process (its effects stay), once, whatever the jobs; while
+    it runs, the other process goes on taking batches."""
+    parent = os.getpid()
+    ran: list[int] = []
+
+    def side() -> None:
+        ran.append(os.getpid())
+        for _ in range(200000):  # long enough for a child to take batches meanwhile
+            pass
+
+    out = map_files(_tagged, [b"p%d" % i for i in range(400)], jobs, side=side)
+    assert ran == [parent]
+    assert [r for r, _pid in out] == [b"P%d" % i for i in range(400)]
+    if jobs > 1:
+        assert any(pid != parent for _r, pid in out)
+
+
 def test_batches_cover_every_index_once() -> None:
     weights = [i % 97 * 1000 for i in range(4000)]
     batches = _batches(4000, 2, weights)
