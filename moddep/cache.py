@@ -29,9 +29,8 @@ import hashlib
 import os
 import pickle
 from array import array
-from dataclasses import dataclass
 from itertools import chain
-from typing import Any, Callable, Iterable, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, NamedTuple, Optional, Sequence, Union
 
 from moddep import __version__
 from moddep.compression import DEFAULT_LIMIT
@@ -126,8 +125,7 @@ class PackIndex:
         return got[0]
 
 
-@dataclass
-class RunResult:
+class RunResult(NamedTuple):
     """A finished run as the cache stores it: output files, messages, stdout lines."""
 
     outputs: dict[str, bytes]

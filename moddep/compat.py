@@ -7,7 +7,7 @@ branches on kmod's version reads these fields instead of comparing version numbe
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from moddep.errors import UsageError
 
@@ -16,8 +16,7 @@ DEFAULT_VERSION = 34
 ENV_VAR = "MODDEP_KMOD_VERSION"
 
 
-@dataclass(frozen=True)
-class KmodGeneration:
+class KmodGeneration(NamedTuple):
     """What differs between the kmod versions whose output moddep reproduces."""
 
     version: int

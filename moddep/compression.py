@@ -11,8 +11,7 @@ Decompression is bounded: a stream that expands beyond ``limit`` bytes is refuse
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 from moddep.errors import CompressionError
 
@@ -99,8 +98,7 @@ def _gzip(data: bytes, limit: int) -> bytes:
     return out
 
 
-@dataclass(frozen=True)
-class Codec:
+class Codec(NamedTuple):
     """One container format: its name (as /sys/module/compression spells it), magic, decoder."""
 
     name: str

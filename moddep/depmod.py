@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, NamedTuple, Optional
 
 from moddep.cache import RunResult, run_key
 from moddep.compat import KmodGeneration
@@ -34,8 +33,7 @@ def is_version(arg: bytes) -> bool:
     return VERSION_RE.match(arg) is not None
 
 
-@dataclass(frozen=True)
-class Request:
+class Request(NamedTuple):
     """One depmod run's inputs, as the command line gives them."""
 
     kver: bytes
@@ -55,15 +53,14 @@ class Request:
     text_only: bool = False  # -n
 
 
-@dataclass
-class Result:
+class Result(NamedTuple):
     """What one depmod run computed, and where its outputs go."""
 
     outputs: dict[str, bytes]
     moddir: bytes  # module dir on this machine (inputs)
     outdir: bytes  # where outputs go on this machine
     model: Optional[DepModel]  # None when served from the run cache
-    log: Log = field(default_factory=Log)
+    log: Log
 
 
 def module_dir_name(req: Request) -> bytes:
@@ -299,7 +296,7 @@ def compute(req: Request, source: ModuleSource, log: Optional[Log] = None) -> Re
                         errsyms=req.errsyms and kernel is not None, verbose=req.verbose,
                         log=resolved_log)
         mark("resolved")
-        out = generate(replace(inputs, model=model), [o for o in todo if o.resolved])
+        out = generate(inputs._replace(model=model), [o for o in todo if o.resolved])
         mark("outputs needing the model")
         # the cache's copy of the module data: in this half, which finishes first, so that
         # the other's results need not wait for it

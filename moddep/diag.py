@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Optional
+from typing import NamedTuple, Optional
 
 # syslog priorities, as kmod's tools/log.c uses them
 FATAL, ERROR, WARNING, NOTICE, INFO, DEBUG = 2, 3, 4, 5, 6, 7
@@ -11,20 +10,21 @@ LEVEL_NAMES = {FATAL: "FATAL", ERROR: "ERROR", WARNING: "WARNING", NOTICE: "NOTI
                INFO: "INFO", DEBUG: "DEBUG"}
 
 
-@dataclass(frozen=True)
-class Message:
+class Message(NamedTuple):
     """One diagnostic: kmod's log level and its text."""
 
     level: int
     text: str
 
 
-@dataclass
 class Log:
     """An append-only list of messages (and of depmod -v's stdout lines), in emission order."""
 
-    messages: list[Message] = field(default_factory=list)
-    stdout: list[bytes] = field(default_factory=list)
+    __slots__ = ("messages", "stdout")
+
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+        self.stdout: list[bytes] = []
 
     def error(self, text: str) -> None:
         self.messages.append(Message(ERROR, text))

@@ -10,7 +10,7 @@ import operator
 from dataclasses import dataclass
 from functools import cached_property
 from itertools import compress
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 from moddep import kmodhash
 from moddep.compat import KmodGeneration
@@ -74,8 +74,7 @@ def module_order(files: dict[bytes, ModuleFile], order: Optional[bytes],
     return mods
 
 
-@dataclass(frozen=True)
-class KernelSymbols:
+class KernelSymbols(NamedTuple):
     """Symbols preloaded from Module.symvers (-E, with CRCs) or System.map (-F)."""
 
     crcs: dict[bytes, int]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from array import array
-from dataclasses import dataclass
 from functools import cached_property
 from typing import Optional, Sequence
 
@@ -13,25 +12,49 @@ from moddep.modinfo import parse_modinfo
 _U64 = "Q" if array("Q").itemsize == 8 else "L"
 
 
-@dataclass(frozen=True)
 class ModuleData:
-    """Everything depmod, verify and modinfo need from one module file, as bytes.
+    """Everything depmod, verify and modinfo need from one module file, as bytes; never
+    changed once built (equal and hashed by its fields).
 
     Kept compact because thousands of these cross process boundaries and the cache: the
     required symbols travel as one NUL-joined blob and their CRCs as packed 64-bit words (a
     few objects per module instead of hundreds); :attr:`undefined` and
     :attr:`undefined_crcs` unpack them on first use. ``error`` is set when the file could not
     be read as a module (kmod then still lists the module, with no symbols, aliases or
-    dependencies).
+    dependencies). A plain class rather than a dataclass: generating one costs a depmod
+    re-run's start-up a millisecond.
     """
 
-    exports: tuple[bytes, ...] = ()  # as kmod_elf_get_symbols
-    export_crcs: tuple[int, ...] = ()
-    undefined_blob: bytes = b""  # required symbols (kmod_elf_get_dependency_symbols), NUL-joined
-    undefined_weak: bytes = b""  # one byte per required symbol: 1 if weak
-    undefined_crc_words: bytes = b""  # one native 64-bit word per required symbol
-    modinfo_raw: bytes = b""
-    error: Optional[str] = None
+    def __init__(self, exports: tuple[bytes, ...] = (), export_crcs: tuple[int, ...] = (),
+                 undefined_blob: bytes = b"", undefined_weak: bytes = b"",
+                 undefined_crc_words: bytes = b"", modinfo_raw: bytes = b"",
+                 error: Optional[str] = None) -> None:
+        self.exports = exports  # as kmod_elf_get_symbols
+        self.export_crcs = export_crcs
+        # required symbols (kmod_elf_get_dependency_symbols), NUL-joined
+        self.undefined_blob = undefined_blob
+        self.undefined_weak = undefined_weak  # one byte per required symbol: 1 if weak
+        self.undefined_crc_words = undefined_crc_words  # a native 64-bit word per symbol
+        self.modinfo_raw = modinfo_raw
+        self.error = error
+
+    def fields(self) -> tuple[object, ...]:
+        """The stored fields, in constructor order (never the unpacked caches)."""
+        return (self.exports, self.export_crcs, self.undefined_blob, self.undefined_weak,
+                self.undefined_crc_words, self.modinfo_raw, self.error)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not ModuleData:
+            return NotImplemented
+        return self.fields() == other.fields()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash(self.fields())
+
+    def __repr__(self) -> str:
+        names = ("exports", "export_crcs", "undefined_blob", "undefined_weak",
+                 "undefined_crc_words", "modinfo_raw", "error")
+        return "ModuleData(" + ", ".join(f"{n}={v!r}" for n, v in zip(names, self.fields())) + ")"
 
     @classmethod
     def build(cls, exports: Sequence[bytes] = (), export_crcs: Sequence[int] = (),
@@ -74,6 +97,4 @@ class ModuleData:
         """Pickle as the constructor's arguments: the stored fields only, never the unpacked
         caches, and no per-object attribute dict (thousands cross process boundaries and
         the cache, so this halves pickling time)."""
-        return ModuleData, (self.exports, self.export_crcs, self.undefined_blob,
-                            self.undefined_weak, self.undefined_crc_words, self.modinfo_raw,
-                            self.error)
+        return ModuleData, self.fields()

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from moddep.compression import MODULE_EXTENSIONS
 from moddep.config.depmod_d import SEARCH_BUILTIN, SEARCH_EXTERNAL, DepmodConfig
@@ -28,8 +27,7 @@ from moddep.rootfs import EscapeError, Root
 ALWAYS_SKIPPED = frozenset((b".", b"..", b"build", b"source"))
 
 
-@dataclass(frozen=True)
-class ModuleFile:
+class ModuleFile(NamedTuple):
     """One module file chosen by discovery."""
 
     name: bytes  # normalised module name

@@ -8,8 +8,7 @@ checked first, the *last* configured external directory is walked first.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from moddep.config.files import collect, conf_filter, logical_lines, tokens
 from moddep.diag import Log, fs
@@ -17,16 +16,14 @@ from moddep.diag import Log, fs
 SEARCH_PATH, SEARCH_BUILTIN, SEARCH_EXTERNAL = "path", "built-in", "external"
 
 
-@dataclass(frozen=True)
-class Search:
+class Search(NamedTuple):
     """One entry of depmod.d's ``search`` list."""
 
     kind: str  # SEARCH_PATH | SEARCH_BUILTIN | SEARCH_EXTERNAL
     path: bytes = b""
 
 
-@dataclass(frozen=True)
-class DepmodConfig:
+class DepmodConfig(NamedTuple):
     """Parsed depmod.d, each list in configuration order (first configured first)."""
 
     searches: tuple[Search, ...] = ()

@@ -8,8 +8,7 @@ trie encoding lives in :mod:`moddep.index.trie`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Callable, Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 from moddep.compat import KmodGeneration
 from moddep.diag import Log, Message, fs
@@ -27,8 +26,7 @@ SYMBOLS_HEADER = b"# Aliases for symbols, used by symbol_request().\n"
 DEVNAME_HEADER = b"# Device nodes to trigger on-demand module loading.\n"
 
 
-@dataclass(frozen=True)
-class Inputs:
+class Inputs(NamedTuple):
     """What the generators read: the modules in array order, the resolved model (only the
     generators marked ``resolved`` need it), kernel build products and options."""
 
@@ -291,8 +289,7 @@ def modules_builtin_alias_bin(inp: Inputs) -> bytes:
     return _encode(inp, "modules.builtin.alias.bin", entries)
 
 
-@dataclass(frozen=True)
-class Output:
+class Output(NamedTuple):
     """One index file: its name, its generator and the kmod versions writing it."""
 
     name: str
@@ -329,5 +326,5 @@ def generate(inp: Inputs, outputs: Sequence[Output]) -> list[tuple[str, bytes, l
     done = []
     for o in outputs:
         log = Log()
-        done.append((o.name, o.generate(replace(inp, log=log)), log.messages))
+        done.append((o.name, o.generate(inp._replace(log=log)), log.messages))
     return done

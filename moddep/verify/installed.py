@@ -11,7 +11,7 @@ module files on the way (a dependency chain needs the ELF symbols of the modules
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from moddep.depmod import Request, compute, module_dir_name
@@ -245,7 +245,7 @@ def load(req: Request, compute_always: bool = False, jobs: Optional[int] = None
     inst = Installed(moddir, req.basedir)
     if not compute_always and inst.has_indexes():
         return from_installed(inst), inst
-    req = replace(req, text_only=True)
+    req = req._replace(text_only=True)
     res = compute(req, ModuleSource(jobs, None))
     assert res.model is not None
     return (from_model(res.model, inst.read("modules.builtin")),
