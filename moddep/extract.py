@@ -65,6 +65,7 @@ class FileImage:
         key = (offset, size)
         got = self._read.get(key)
         if got is None:
+            size = min(size, self.size - offset)  # (a header may claim any size)
             got = os.pread(self.fd, size, offset)
             while len(got) < size and offset + len(got) < self.size:  # a short read
                 more = os.pread(self.fd, size - len(got), offset + len(got))
