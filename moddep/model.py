@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from array import array
-from functools import cached_property
 from typing import Optional, Sequence
 
 from moddep.modinfo import parse_modinfo
@@ -25,6 +24,10 @@ class ModuleData:
     re-run's start-up a millisecond.
     """
 
+    __slots__ = ("exports", "export_crcs", "undefined_blob", "undefined_weak",
+                 "undefined_crc_words", "modinfo_raw", "error",
+                 "_undefined", "_undefined_crcs", "_modinfo", "_aliases")  # (unpacked on use)
+
     def __init__(self, exports: tuple[bytes, ...] = (), export_crcs: tuple[int, ...] = (),
                  undefined_blob: bytes = b"", undefined_weak: bytes = b"",
                  undefined_crc_words: bytes = b"", modinfo_raw: bytes = b"",
@@ -37,6 +40,10 @@ class ModuleData:
         self.undefined_crc_words = undefined_crc_words  # a native 64-bit word per symbol
         self.modinfo_raw = modinfo_raw
         self.error = error
+        self._undefined: Optional[tuple[bytes, ...]] = None
+        self._undefined_crcs: Optional[tuple[int, ...]] = None
+        self._modinfo: Optional[list[tuple[bytes, bytes]]] = None
+        self._aliases: Optional[list[bytes]] = None
 
     def fields(self) -> tuple[object, ...]:
         """The stored fields, in constructor order (never the unpacked caches)."""
@@ -64,26 +71,41 @@ class ModuleData:
         return cls(tuple(exports), tuple(export_crcs), b"\0".join(undefined), undefined_weak,
                    array(_U64, undefined_crcs).tobytes(), modinfo_raw, error)
 
-    @cached_property
+    # The unpacked forms, each computed on first use and kept (plain properties over slots:
+    # functools.cached_property takes a lock on every first use, thousands of times a run).
+    @property
     def undefined(self) -> tuple[bytes, ...]:
         """Required symbol names, in kmod's order (one per byte of :attr:`undefined_weak`)."""
-        return tuple(self.undefined_blob.split(b"\0")) if self.undefined_weak else ()
+        got = self._undefined
+        if got is None:
+            got = self._undefined = tuple(self.undefined_blob.split(b"\0")) \
+                if self.undefined_weak else ()
+        return got
 
-    @cached_property
+    @property
     def undefined_crcs(self) -> tuple[int, ...]:
-        words = array(_U64)
-        words.frombytes(self.undefined_crc_words)
-        return tuple(words)
+        got = self._undefined_crcs
+        if got is None:
+            words = array(_U64)
+            words.frombytes(self.undefined_crc_words)
+            got = self._undefined_crcs = tuple(words)
+        return got
 
-    @cached_property
+    @property
     def modinfo(self) -> list[tuple[bytes, bytes]]:
         """(key, value) pairs in file order (parsed once, on first use)."""
-        return parse_modinfo(self.modinfo_raw)
+        got = self._modinfo
+        if got is None:
+            got = self._modinfo = parse_modinfo(self.modinfo_raw)
+        return got
 
-    @cached_property
+    @property
     def aliases(self) -> list[bytes]:
         """The ``alias`` values (several outputs read them)."""
-        return self.values(b"alias")
+        got = self._aliases
+        if got is None:
+            got = self._aliases = self.values(b"alias")
+        return got
 
     def values(self, key: bytes) -> list[bytes]:
         """All modinfo values of ``key``, in file order."""
@@ -95,6 +117,6 @@ class ModuleData:
 
     def __reduce__(self) -> tuple[type[ModuleData], tuple[object, ...]]:
         """Pickle as the constructor's arguments: the stored fields only, never the unpacked
-        caches, and no per-object attribute dict (thousands cross process boundaries and
-        the cache, so this halves pickling time)."""
+        caches (thousands cross process boundaries and the cache, so this halves pickling
+        time)."""
         return ModuleData, self.fields()
