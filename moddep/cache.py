@@ -34,11 +34,11 @@ from typing import Any, Callable, Iterable, NamedTuple, Optional, Sequence, Unio
 
 from moddep import __version__
 from moddep.compression import DEFAULT_LIMIT
-from moddep.elf import ElfModule
+from moddep.elf import _EHDR_STRUCTS, ELFDATA2MSB, ElfModule, section_table_columns
 from moddep.model import ModuleData
 
 # bump when ModuleData or the extraction changes meaning
-FORMAT = f"moddep-cache-4 {__version__}".encode()
+FORMAT = f"moddep-cache-5 {__version__}".encode()
 KEEP_RUNS = 16
 KEEP_PACKS = 8
 
@@ -62,12 +62,7 @@ def layout_key(elf: ElfModule, limit: int = DEFAULT_LIMIT) -> hashlib._Hash:
     Its digest names the module's *layout*: every input of extraction except the contents of
     the CRC sections, whose indices it decides."""
     ranges = elf.depmod_inputs()
-    columns = elf.section_columns()
-    # the positions and the (fixed-size) columns first, so the contents that follow split
-    # one way only; then the contents
-    h = hashlib.sha256(b"%s elf %d %d %d:" % (FORMAT, limit, elf.size, len(columns)))
-    h.update(array("Q", chain.from_iterable(ranges)).tobytes())
-    h.update(columns)
+    h = _layout_head(limit, elf.size, ranges, elf.section_columns())
     read = elf.read
     for off, size in ranges:
         h.update(read(off, size))
@@ -84,17 +79,83 @@ def content_key(layout: hashlib._Hash, elf: ElfModule, sections: tuple[int, ...]
     """
     h = layout.copy()
     ranges = [elf.section_range(i) for i in sections]
-    h.update(b"crc %d:" % len(sections))
-    h.update(array("Q", chain(sections, chain.from_iterable(ranges))).tobytes())
+    h.update(_crc_head(sections, ranges))
     read = elf.read
     for off, size in ranges:
         h.update(read(off, size))
     return h.digest()
 
 
+def _layout_head(limit: int, size: int, ranges: Sequence[tuple[int, int]],
+                 columns: bytes) -> hashlib._Hash:
+    # the positions and the (fixed-size) columns first, so the contents that follow split
+    # one way only; then the contents
+    h = hashlib.sha256(b"%s elf %d %d %d:" % (FORMAT, limit, size, len(columns)))
+    h.update(array("Q", chain.from_iterable(ranges)).tobytes())
+    h.update(columns)
+    return h
+
+
+def _crc_head(sections: Sequence[int], ranges: Sequence[tuple[int, int]]) -> bytes:
+    return b"crc %d:" % len(sections) + \
+        array("Q", chain(sections, chain.from_iterable(ranges))).tobytes()
+
+
+def recipe(elf: ElfModule, sections: tuple[int, ...]) -> bytes:
+    """How the content key of ``elf`` with CRC sections ``sections`` was computed: where the
+    section header table is, the section name table's index, the indices of the sections
+    :func:`layout_key` reads and of the CRC sections, as native 64-bit words. With it,
+    :func:`key_by_recipe` computes the same key from the file's bytes without looking any
+    section up by name (when the file comes back at the same path with a new mtime, as
+    after a package reinstall)."""
+    depmod = elf.depmod_sections()
+    return array("Q", [*elf.section_table(), len(depmod), *depmod,
+                       len(sections), *sections]).tobytes()
+
+
+def key_by_recipe(read: Callable[[int, int], bytes], size: int, limit: int,
+                  how: bytes) -> bytes:
+    """The content key of a file of ``size`` bytes read by ``read(offset, size)``, taking
+    the sections a :func:`recipe` names where the file's own section header table puts
+    them (as :func:`layout_key` and :func:`content_key` do).
+
+    Equal to the key a parse would compute whenever the file's ELF header, section names
+    and types and section name table are the ones the recipe was taken from (all are
+    hashed): a parse would then look up the same sections. For any other file it is a key
+    no parse gives, so it is never found. Raises ValueError for a malformed recipe, or one
+    the file does not fit.
+    """
+    try:
+        words = array("Q")
+        words.frombytes(how)
+        table_off, table_size, shstrndx, n, *rest = words.tolist()
+        depmod, m, crc = rest[:n], rest[n], rest[n + 1:]
+        if len(depmod) != n or len(crc) != m:
+            raise ValueError
+        head = read(0, 64)
+        ehdr = _EHDR_STRUCTS[head[4], head[5]]
+        names, types, _flags, offs, sizes = section_table_columns(
+            read(table_off, table_size), head[4], head[5] == ELFDATA2MSB)
+        ranges = [(0, ehdr.size)] + [(offs[i], sizes[i]) for i in (shstrndx, *depmod)]
+        crc_ranges = [(offs[i], sizes[i]) for i in crc]
+    except (ValueError, IndexError, KeyError, TypeError):
+        raise ValueError("malformed cache recipe, or a file it does not fit") from None
+    h = _layout_head(limit, size, ranges, names.tobytes() + types.tobytes())
+    for off, length in ranges:
+        h.update(read(off, length))
+    h.update(_crc_head(crc, crc_ranges))
+    for off, length in crc_ranges:
+        h.update(read(off, length))
+    return h.digest()
+
+
 def image_key(elf: ElfModule, limit: int = DEFAULT_LIMIT) -> bytes:
     """Key of an uncompressed ELF module, its CRC sections found by scanning ``.symtab``."""
     return content_key(layout_key(elf, limit), elf, elf.crc_sections())
+
+
+Known = tuple[tuple[int, ...], bytes, bytes]
+"""What the cache remembers of a file: stat identity, content key, the key's recipe."""
 
 
 def stat_identity(st: os.stat_result) -> tuple[int, ...]:
@@ -167,12 +228,19 @@ class Cache:
 
     # -- path index ------------------------------------------------------------------------
     def _paths_file(self, moddir: bytes) -> str:
-        return os.path.join(self.dir, "paths", hashlib.sha256(moddir).hexdigest()[:32])
+        # (per format: keys of another format are never served)
+        return os.path.join(self.dir, "paths", hashlib.sha256(FORMAT + moddir).hexdigest()[:32])
 
-    def known_keys(self, moddir: bytes) -> dict[bytes, tuple[tuple[int, ...], bytes]]:
-        return self._read(self._paths_file(moddir)) or {}
+    def known_keys(self, moddir: bytes) -> dict[bytes, Known]:
+        """path -> (stat identity, content key, its :func:`recipe` or ``b""``) of the files
+        the last run over ``moddir`` saw; a damaged file is an empty one."""
+        got = self._read(self._paths_file(moddir))
+        if not isinstance(got, dict) or not all(
+                type(v) is tuple and len(v) == 3 for v in got.values()):
+            return {}
+        return got
 
-    def save_keys(self, moddir: bytes, keys: dict[bytes, tuple[tuple[int, ...], bytes]]) -> None:
+    def save_keys(self, moddir: bytes, keys: dict[bytes, Known]) -> None:
         self._write(self._paths_file(moddir), keys)
 
     # -- module data -----------------------------------------------------------------------

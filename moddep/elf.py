@@ -107,7 +107,7 @@ class ElfModule:
         self.elfclass = cls
         self.big_endian = big = enc == ELFDATA2MSB
         self.endian = ">" if big else "<"
-        self._swap = swap = big != _HOST_BIG
+        self._swap = big != _HOST_BIG
         if size < ehdr.size:
             raise ElfError("truncated ELF header", path)
         (_type, machine, _version, _entry, _phoff, shoff, _flags, _ehsize, _phentsize, _phnum,
@@ -123,21 +123,13 @@ class ElfModule:
             raise ElfError(f"section name table index {shstrndx} >= {shnum} sections", path)
         # the section header table as columns (one array slice per field, not a tuple per
         # section): sh_name, sh_type, sh_flags, sh_offset, sh_size
-        table = read(shoff, shnum * shentsize)
-        words = array("I", table)
-        if cls == ELFCLASS64:
-            wide = array("Q", table)
-            if swap:
-                words.byteswap()
-                wide.byteswap()
-            self._sh_name, self._sh_type = words[0::16], words[1::16]
-            self._sh_flags, self._sh_off, self._sh_size = wide[1::8], wide[3::8], wide[4::8]
-        else:
-            if swap:
-                words.byteswap()
-            self._sh_name, self._sh_type, self._sh_flags = words[0::10], words[1::10], words[2::10]
-            self._sh_off, self._sh_size = words[4::10], words[5::10]
+        (self._sh_name, self._sh_type, self._sh_flags, self._sh_off,
+         self._sh_size) = section_table_columns(read(shoff, shnum * shentsize), cls, big)
         self._shnum = shnum
+        self._shstrndx = shstrndx
+        self._ehdr_size = ehdr.size
+        self._inputs: Optional[list[tuple[int, int]]] = None
+        self._depmod_sections: Optional[list[int]] = None
         self._name_words = self._sh_name[1:].tobytes()
         self._shoff = shoff
         self._shentsize = shentsize
@@ -354,13 +346,23 @@ class ElfModule:
         ``.strtab``, the section count). Code, data and relocations are never read. Ranges
         may overrun the file; the reader checks that.
         """
-        ranges = [(0, 64 if self.elfclass == ELFCLASS64 else 52), self._shstr_range]
-        header = self.section_header
-        for name in _DEPMOD_SECTIONS:
-            hdr = header(name)
-            if hdr is not None and hdr[1] != SHT_NOBITS:
-                ranges.append((hdr[3], hdr[4]))
+        ranges = self._inputs
+        if ranges is None:
+            off, size = self._sh_off, self._sh_size
+            ranges = self._inputs = [(0, self._ehdr_size), self._shstr_range,
+                                     *[(off[i], size[i]) for i in self.depmod_sections()]]
         return ranges
+
+    def depmod_sections(self) -> list[int]:
+        """Indices of the sections named in the module docstring that this image has (with
+        contents: not SHT_NOBITS), in the order :meth:`depmod_inputs` lists them."""
+        found = self._depmod_sections
+        if found is None:
+            header = self.section_header
+            found = self._depmod_sections = [
+                hdr[0] for hdr in map(header, _DEPMOD_SECTIONS)
+                if hdr is not None and hdr[1] != SHT_NOBITS]
+        return found
 
     def section_columns(self) -> bytes:
         """The section header fields extraction depends on besides the offsets and sizes
@@ -368,6 +370,10 @@ class ElfModule:
         as native 32-bit words. The rest of the table (flags, addresses, links, the other
         sections' places) is an eighth of it and never read."""
         return self._sh_name.tobytes() + self._sh_type.tobytes()
+
+    def section_table(self) -> tuple[int, int, int]:
+        """(offset, size) of the section header table, and the section name table's index."""
+        return self._shoff, self._shnum * self._shentsize, self._shstrndx
 
     def crc_sections(self) -> tuple[int, ...]:
         """Indices of the sections ``__crc_`` symbols point into (their words are read as
@@ -473,6 +479,23 @@ class ElfModule:
 
 _NUL_TO_BLANK = bytes([0x20]) + bytes(range(1, 256))
 _BLANKS = b" \t\n\r\x0b\x0c"  # what bytes.split() splits on besides the NULs made blanks
+
+
+def section_table_columns(table: bytes, elfclass: int, big_endian: bool,
+                          ) -> tuple[array, array, array, array, array]:
+    """A section header table as native columns (one array slice per field, not a tuple
+    per section): sh_name, sh_type, sh_flags, sh_offset, sh_size."""
+    words = array("I", table)
+    swap = big_endian != _HOST_BIG
+    if swap:
+        words.byteswap()
+    if elfclass == ELFCLASS64:
+        wide = array("Q", table)
+        if swap:
+            wide.byteswap()
+        return words[0::16], words[1::16], wide[1::8], wide[3::8], wide[4::8]
+    return words[0::10], words[1::10], words[2::10], words[4::10], words[5::10]
+
 
 def zero_positions(data: bytes) -> list[int]:
     """Offsets of the NUL bytes of ``data``, computed from the lengths of the pieces between

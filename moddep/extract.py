@@ -11,7 +11,15 @@ import os
 import stat
 from typing import Optional, Union, overload
 
-from moddep.cache import PackIndex, content_key, file_key, layout_key
+from moddep.cache import (
+    PackIndex,
+    content_key,
+    file_key,
+    key_by_recipe,
+    layout_key,
+    recipe,
+    stat_identity,
+)
 from moddep.compression import DEFAULT_LIMIT, decompress, detect
 from moddep.elf import ElfModule
 from moddep.errors import ElfError, ModdepError
@@ -129,9 +137,14 @@ Layout = tuple[bytes, tuple[int, ...]]
 """A module layout's digest and the CRC sections it decides (:func:`moddep.cache.content_key`)."""
 
 
+Keyed = tuple[bytes, Optional[ModuleData], Optional[Layout], bytes]
+"""What :func:`read_keyed` returns: key, ModuleData (None when the cache holds it), the layout
+the cache has yet to learn, and the key's :func:`~moddep.cache.recipe` (``b""`` for none)."""
+
+
 def read_keyed(fspath: bytes, limit: int = DEFAULT_LIMIT, known: Optional[PackIndex] = None,
-               ) -> tuple[bytes, Optional[ModuleData], Optional[Layout]]:
-    """(cache key, ModuleData, layout) of one module file, in one pass over its bytes.
+               ) -> Keyed:
+    """(cache key, ModuleData, layout, recipe) of one module file, in one pass over its bytes.
 
     The key (:func:`moddep.cache.content_key` / :func:`~moddep.cache.file_key`) is computed
     first; when ``known`` holds it the data is not extracted (None). For an ELF module whose
@@ -144,7 +157,7 @@ def read_keyed(fspath: bytes, limit: int = DEFAULT_LIMIT, known: Optional[PackIn
     try:
         raw = _open(fspath)
     except OSError as e:  # no key: a run with an unreadable module is not cached
-        return b"", ModuleData(error=e.strerror or str(e)), None
+        return b"", ModuleData(error=e.strerror or str(e)), None, b""
     try:
         elf = error = None
         if detect(raw[:64]) is None:  # (the ELF header's range: read once)
@@ -156,28 +169,58 @@ def read_keyed(fspath: bytes, limit: int = DEFAULT_LIMIT, known: Optional[PackIn
             whole = raw[:]
             key = b"" if known is None else file_key(whole, limit)
             if known is not None and key in known:
-                return key, None, None
+                return key, None, None, b""
             if error is not None:
-                return key, ModuleData(error=error), None
+                return key, ModuleData(error=error), None, b""
             try:
                 data = decompress(whole, path, limit)
             except ModdepError as e:
-                return key, ModuleData(error=e.message), None
-            return key, parse_image(data, path), None
+                return key, ModuleData(error=e.message), None, b""
+            return key, parse_image(data, path), None, b""
         if known is None:
-            return b"", parse_elf(elf), None
+            return b"", parse_elf(elf), None, b""
         state = layout_key(elf, limit)
         layout = state.digest()
         sections = known.sections(layout, elf.section_count)
         if sections is not None:
             key = content_key(state, elf, sections)
             if key in known:
-                return key, None, None
+                return key, None, None, recipe(elf, sections)
         extracted = parse_elf(elf)
         sections = elf.crc_sections()  # found by the extraction's own .symtab scan
-        return content_key(state, elf, sections), extracted, (layout, sections)
+        return (content_key(state, elf, sections), extracted, (layout, sections),
+                recipe(elf, sections))
     except OSError as e:  # a read failing half way
-        return b"", ModuleData(error=e.strerror or str(e)), None
+        return b"", ModuleData(error=e.strerror or str(e)), None, b""
     finally:
         if isinstance(raw, FileImage):
             os.close(raw.fd)
+
+
+def rekey(fspath: bytes, limit: int, how: bytes, same: tuple[int, ...] = (),
+          ) -> tuple[tuple[int, ...], Optional[bytes]]:
+    """(stat identity, content key) of a module file whose key was computed before by
+    ``how`` (:func:`moddep.cache.key_by_recipe`: the same key, without parsing); the key is
+    None when the identity is ``same`` (nothing to compute) or the file cannot be read that
+    way (identity ``()`` when it cannot be opened)."""
+    try:
+        fd = os.open(fspath, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return (), None
+    try:
+        st = os.fstat(fd)
+        ident = stat_identity(st)
+        if ident == same or not stat.S_ISREG(st.st_mode):
+            return ident, None
+        size = st.st_size
+
+        def read(offset: int, length: int) -> bytes:
+            # (a recipe's range may overrun a file that changed: read what there is)
+            return os.pread(fd, max(0, min(length, size - offset)), offset) \
+                if offset < size else b""
+
+        return ident, key_by_recipe(read, size, limit, how)
+    except (OSError, ValueError):
+        return ident, None
+    finally:
+        os.close(fd)

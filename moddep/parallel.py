@@ -10,9 +10,9 @@ import sys
 from array import array
 from typing import Callable, Optional, Sequence, TypeVar
 
-from moddep.cache import Cache, PackIndex, stat_identity
+from moddep.cache import Cache, Known, PackIndex, stat_identity
 from moddep.compression import DEFAULT_LIMIT
-from moddep.extract import Layout, read_keyed, read_module
+from moddep.extract import Layout, read_keyed, read_module, rekey
 from moddep.model import ModuleData
 
 T = TypeVar("T")
@@ -124,7 +124,7 @@ class Loaded:
                  keys: Optional[list[bytes]], data: list[Optional[ModuleData]],
                  packed: Optional[PackIndex] = None,
                  layouts: Optional[dict[bytes, tuple[int, ...]]] = None,
-                 seen: Optional[dict[bytes, tuple[tuple[int, ...], bytes]]] = None) -> None:
+                 seen: Optional[dict[bytes, Known]] = None) -> None:
         self.source = source
         self.seen = seen  # the files' stat identities and keys, when the cache's are stale
         self.packed = packed or PackIndex()  # where the data of earlier runs is
@@ -221,16 +221,25 @@ class ModuleSource:
             hit = known.get(path)
             return ident, hit[1] if hit is not None and hit[0] == ident else None
 
-        def key(path: bytes) -> tuple[bytes, Optional[ModuleData], Optional[Layout],
+        def key(path: bytes) -> tuple[bytes, Optional[ModuleData], Optional[Layout], bytes,
                                       tuple[int, ...]]:
-            ident, k = identity(path)
-            if k is not None:
-                return k, None, None, ident
+            hit = known.get(path)
+            if hit is not None and hit[2]:
+                # known, with its key's recipe: the same identity, or the same bytes where
+                # the key reads them (a reinstall), keep the key without parsing the file
+                ident, k = rekey(path, limit, hit[2], hit[0])
+                if ident == hit[0] or k == hit[1]:
+                    return hit[1], None, None, hit[2], ident
+            else:
+                ident, k = identity(path)
+                if k is not None:
+                    return k, None, None, b"", ident
             return (*read_keyed(path, limit, packed), ident)
 
         total = len(paths)
         keys: list[bytes] = [b""] * total
         ids: list[tuple[int, ...]] = [()] * total
+        recipes: list[bytes] = [b""] * total
         data: list[Optional[ModuleData]] = [None] * total
         # A re-run finds every identity known: stat here, nothing to fork for. Once a few
         # files are new (a reinstall, a first run), the workers stat the rest themselves.
@@ -241,7 +250,7 @@ class ModuleSource:
                 break
             ident, k = identity(path)
             if k is not None:
-                keys[i], ids[i] = k, ident
+                keys[i], ids[i], recipes[i] = k, ident, known[path][2]
             else:
                 todo.append(i)
         layouts: dict[bytes, tuple[int, ...]] = {}
@@ -251,11 +260,12 @@ class ModuleSource:
                        for hit in map(known.get, (paths[i] for i in todo))] if known else None
             fresh = map_files(key, [paths[i] for i in todo], self.jobs, self.progress, weights,
                               side)
-            for i, (k, d, layout, ident) in zip(todo, fresh):
-                keys[i], data[i], ids[i] = k, d, ident
+            for i, (k, d, layout, how, ident) in zip(todo, fresh):
+                keys[i], data[i], recipes[i], ids[i] = k, d, how, ident
                 if layout is not None:
                     layouts[layout[0]] = layout[1]
-        seen = {p: (ident, k) for p, ident, k in zip(paths, ids, keys) if ident and k}
+        seen = {p: (ident, k, how)
+                for p, ident, k, how in zip(paths, ids, keys, recipes) if ident and k}
         return Loaded(self, moddir, paths, keys if all(keys) else None, data, packed, layouts,
                       seen if seen != known else None)
 

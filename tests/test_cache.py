@@ -15,11 +15,12 @@ from synth import KVER, make_tree
 
 import moddep.extract
 import moddep.parallel
-from moddep.cache import PackIndex, content_key, image_key, layout_key
+from moddep.cache import PackIndex, content_key, image_key, key_by_recipe, layout_key, recipe
 from moddep.cli import main
+from moddep.compression import DEFAULT_LIMIT
 from moddep.elf import ElfModule
 from moddep.errors import ElfError
-from moddep.extract import parse_elf, parse_image
+from moddep.extract import parse_elf, parse_image, read_keyed, rekey
 
 
 def _mod(exports: list[bytes], needs: list[bytes], alias: bytes) -> bytes:
@@ -105,6 +106,51 @@ def test_new_mtimes_same_content_still_hit(tree: Path, monkeypatch: pytest.Monke
         os.utime(p, (1_000_000_000, 1_000_000_000))
     _no_extraction(monkeypatch)
     assert _run(tree) == first
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_reinstall_rekeys_by_recipe_without_parsing(tree: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    jobs: str) -> None:
+    """A package reinstall (the same files rewritten at the same paths: new inodes and
+    mtimes) is re-keyed from the byte ranges each key was computed from, without parsing a
+    module; a module whose bytes changed there, even at the same size, is parsed again."""
+    first = _run(tree, "-j", jobs)
+    moddir = tree / "lib/modules" / KVER
+    for mod in (moddir / "kernel").iterdir():  # rewritten: new inode, new mtime
+        data = mod.read_bytes()
+        mod.unlink()
+        mod.write_bytes(data)
+
+    def unparsed(*_a: object, **_k: object) -> None:
+        raise AssertionError("a module was parsed although its recipe still fits")
+
+    with monkeypatch.context() as m:
+        m.setattr(moddep.extract, "ElfModule", unparsed)
+        assert _run(tree, "-j", jobs) == first
+    # the same size, one alias byte different: re-parsed, never served stale
+    mod = moddir / "kernel" / "m7.ko"
+    data = mod.read_bytes()
+    assert data.count(b"alias=a7\0") == 1
+    mod.write_bytes(data.replace(b"alias=a7\0", b"alias=b7\0"))
+    assert _run(tree, "-j", jobs) == _run(tree, "--no-cache", "-j", jobs)
+    assert b"alias b7 m7\n" in (moddir / "modules.alias").read_bytes()
+
+
+def test_recipe_keys_of_real_modules() -> None:
+    """On Debian's own modules (the sample trees: amd64 and arm64, some compressed), the
+    key a recipe recomputes from the file is the key its parse gave."""
+    top = Path(__file__).resolve().parent.parent / "sample_trees"
+    checked = 0
+    for path in sorted(top.glob("*/lib/modules/*/**/*.ko*")):
+        key, _data, _layout, how = read_keyed(bytes(path), DEFAULT_LIMIT, PackIndex())
+        ident, again = rekey(bytes(path), DEFAULT_LIMIT, how) if how else ((), None)
+        if path.name.endswith(".ko"):
+            assert how and again == key and ident, path
+            checked += 1
+        else:
+            assert not how  # a compressed module is keyed whole
+    assert checked >= 20
 
 
 def test_copy_elsewhere_hits(tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -195,6 +241,46 @@ def test_key_covers_every_byte_extraction_reads(crc_mode: str, bits: int) -> Non
             assert parse_elf(elf) == base, f"byte {pos} changes the data but not the key"
     # .text (64 bytes) is never read; with SHN_ABS CRCs neither is __kcrctab (8 bytes)
     assert unchanged >= 64 + (8 if crc_mode == "abs" else 0)
+
+
+@pytest.mark.parametrize("crc_mode", ["kcrctab", "abs"])
+@pytest.mark.parametrize("bits", [64, 32])
+def test_recipe_key_is_the_key_and_never_stale(crc_mode: str, bits: int) -> None:
+    """The key a recipe recomputes from raw bytes equals the parse's; flipping any byte,
+    or cutting the file, either leaves what extraction reads unchanged or gives another key."""
+    image = Module(bits=bits, big=bits == 32, crc_mode=crc_mode,
+                   exports=[(b"e1", 0x1234), (b"e2", 7)],
+                   undefined=[(b"u", False), (b"w", True)],
+                   versions=[(b"u", 5), (b"module_layout", 9)],
+                   modinfo=[(b"alias", b"pci:v*"), (b"depends", b"")],
+                   text=bytes(range(64))).build()
+    elf = ElfModule(image)
+    key = image_key(elf)
+    how = recipe(elf, elf.crc_sections())
+
+    def by_recipe(data: bytes) -> bytes:
+        return key_by_recipe(lambda off, n: data[off:off + n], len(data), DEFAULT_LIMIT, how)
+
+    assert by_recipe(image) == key
+    base = parse_image(image)
+    same = 0
+    for pos in range(len(image)):
+        flipped = image[:pos] + bytes([image[pos] ^ 0x41]) + image[pos + 1:]
+        try:
+            got = by_recipe(flipped)
+        except ValueError:
+            continue
+        if got == key:
+            same += 1
+            assert parse_image(flipped) == base, f"byte {pos}: same recipe key, other data"
+    assert same >= 64  # .text, never read
+    for resized in (image[:-1], image + b"\0"):
+        try:
+            assert by_recipe(resized) != key
+        except ValueError:
+            pass  # (a cut file may not even fit the recipe)
+    with pytest.raises(ValueError):
+        key_by_recipe(lambda off, n: image[off:off + n], len(image), DEFAULT_LIMIT, how[:-8])
 
 
 def test_copy_elsewhere_with_other_options_reuses_module_data(
