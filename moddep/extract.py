@@ -84,21 +84,21 @@ class FileImage:
         return got
 
 
-def _open(fspath: bytes) -> Union[bytes, FileImage]:
+def _open(fspath: bytes) -> tuple[Union[bytes, FileImage], tuple[int, ...]]:
     """A regular file as a :class:`FileImage` (the caller closes its fd), anything else read
-    whole (a pipe, /proc, ...)."""
+    whole (a pipe, /proc, ...); with its stat identity."""
     fd = os.open(fspath, os.O_RDONLY | os.O_CLOEXEC)
     try:
         st = os.fstat(fd)
         if stat.S_ISREG(st.st_mode):
-            return FileImage(fd, st.st_size)
+            return FileImage(fd, st.st_size), stat_identity(st)
         with os.fdopen(os.dup(fd), "rb") as f:
             data = f.read()
     except BaseException:
         os.close(fd)
         raise
     os.close(fd)
-    return data
+    return data, stat_identity(st)
 
 
 def parse_image(data: bytes, path: Optional[str] = None) -> ModuleData:
@@ -137,14 +137,16 @@ Layout = tuple[bytes, tuple[int, ...]]
 """A module layout's digest and the CRC sections it decides (:func:`moddep.cache.content_key`)."""
 
 
-Keyed = tuple[bytes, Optional[ModuleData], Optional[Layout], bytes]
+Keyed = tuple[bytes, Optional[ModuleData], Optional[Layout], bytes, tuple[int, ...]]
 """What :func:`read_keyed` returns: key, ModuleData (None when the cache holds it), the layout
-the cache has yet to learn, and the key's :func:`~moddep.cache.recipe` (``b""`` for none)."""
+the cache has yet to learn, the key's :func:`~moddep.cache.recipe` (``b""`` for none) and the
+file's stat identity (``()`` when it could not be opened)."""
 
 
 def read_keyed(fspath: bytes, limit: int = DEFAULT_LIMIT, known: Optional[PackIndex] = None,
                ) -> Keyed:
-    """(cache key, ModuleData, layout, recipe) of one module file, in one pass over its bytes.
+    """(cache key, ModuleData, layout, recipe, identity) of one module file, in one pass over
+    its bytes.
 
     The key (:func:`moddep.cache.content_key` / :func:`~moddep.cache.file_key`) is computed
     first; when ``known`` holds it the data is not extracted (None). For an ELF module whose
@@ -155,9 +157,9 @@ def read_keyed(fspath: bytes, limit: int = DEFAULT_LIMIT, known: Optional[PackIn
     """
     path = fspath.decode(errors="surrogateescape")
     try:
-        raw = _open(fspath)
+        raw, ident = _open(fspath)
     except OSError as e:  # no key: a run with an unreadable module is not cached
-        return b"", ModuleData(error=e.strerror or str(e)), None, b""
+        return b"", ModuleData(error=e.strerror or str(e)), None, b"", ()
     try:
         elf = error = None
         if detect(raw[:64]) is None:  # (the ELF header's range: read once)
@@ -169,29 +171,29 @@ def read_keyed(fspath: bytes, limit: int = DEFAULT_LIMIT, known: Optional[PackIn
             whole = raw[:]
             key = b"" if known is None else file_key(whole, limit)
             if known is not None and key in known:
-                return key, None, None, b""
+                return key, None, None, b"", ident
             if error is not None:
-                return key, ModuleData(error=error), None, b""
+                return key, ModuleData(error=error), None, b"", ident
             try:
                 data = decompress(whole, path, limit)
             except ModdepError as e:
-                return key, ModuleData(error=e.message), None, b""
-            return key, parse_image(data, path), None, b""
+                return key, ModuleData(error=e.message), None, b"", ident
+            return key, parse_image(data, path), None, b"", ident
         if known is None:
-            return b"", parse_elf(elf), None, b""
+            return b"", parse_elf(elf), None, b"", ident
         state = layout_key(elf, limit)
         layout = state.digest()
         sections = known.sections(layout, elf.section_count)
         if sections is not None:
             key = content_key(state, elf, sections)
             if key in known:
-                return key, None, None, recipe(elf, sections)
+                return key, None, None, recipe(elf, sections), ident
         extracted = parse_elf(elf)
         sections = elf.crc_sections()  # found by the extraction's own .symtab scan
         return (content_key(state, elf, sections), extracted, (layout, sections),
-                recipe(elf, sections))
+                recipe(elf, sections), ident)
     except OSError as e:  # a read failing half way
-        return b"", ModuleData(error=e.strerror or str(e)), None, b""
+        return b"", ModuleData(error=e.strerror or str(e)), None, b"", ident
     finally:
         if isinstance(raw, FileImage):
             os.close(raw.fd)

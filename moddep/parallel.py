@@ -12,7 +12,7 @@ from typing import Callable, Optional, Sequence, TypeVar
 
 from moddep.cache import Cache, Known, PackIndex, stat_identity
 from moddep.compression import DEFAULT_LIMIT
-from moddep.extract import Layout, read_keyed, read_module, rekey
+from moddep.extract import Keyed, read_keyed, read_module, rekey
 from moddep.model import ModuleData
 
 T = TypeVar("T")
@@ -163,10 +163,12 @@ class Loaded:
             cache.save_keys(self.moddir, self.seen)
             self.seen = None
 
-    def store(self) -> None:
-        """Save the keys (:meth:`store_keys`) and this run's module data as the module
-        directory's pack, if it changed."""
-        self.store_keys()
+    def store(self, keys: bool = True) -> None:
+        """Save the keys (:meth:`store_keys`, unless ``keys`` is false: the caller does it
+        elsewhere) and this run's module data as the module directory's pack, if it
+        changed."""
+        if keys:
+            self.store_keys()
         cache = self.source.cache
         if self._changed and cache is not None and self.keys is not None:
             cache.save_pack(self.moddir, dict(zip(self.keys, self._data)),  # type: ignore[arg-type]
@@ -221,8 +223,7 @@ class ModuleSource:
             hit = known.get(path)
             return ident, hit[1] if hit is not None and hit[0] == ident else None
 
-        def key(path: bytes) -> tuple[bytes, Optional[ModuleData], Optional[Layout], bytes,
-                                      tuple[int, ...]]:
+        def key(path: bytes) -> Keyed:
             hit = known.get(path)
             if hit is not None and hit[2]:
                 # known, with its key's recipe: the same identity, or the same bytes where
@@ -230,11 +231,11 @@ class ModuleSource:
                 ident, k = rekey(path, limit, hit[2], hit[0])
                 if ident == hit[0] or k == hit[1]:
                     return hit[1], None, None, hit[2], ident
-            else:
+            elif hit is not None:
                 ident, k = identity(path)
                 if k is not None:
                     return k, None, None, b"", ident
-            return (*read_keyed(path, limit, packed), ident)
+            return read_keyed(path, limit, packed)  # (a path never seen: no stat first)
 
         total = len(paths)
         keys: list[bytes] = [b""] * total

@@ -143,7 +143,7 @@ def test_recipe_keys_of_real_modules() -> None:
     top = Path(__file__).resolve().parent.parent / "sample_trees"
     checked = 0
     for path in sorted(top.glob("*/lib/modules/*/**/*.ko*")):
-        key, _data, _layout, how = read_keyed(bytes(path), DEFAULT_LIMIT, PackIndex())
+        key, _data, _layout, how, _ident = read_keyed(bytes(path), DEFAULT_LIMIT, PackIndex())
         ident, again = rekey(bytes(path), DEFAULT_LIMIT, how) if how else ((), None)
         if path.name.endswith(".ko"):
             assert how and again == key and ident, path
