@@ -41,6 +41,7 @@ from moddep.model import ModuleData
 FORMAT = f"moddep-cache-5 {__version__}".encode()
 KEEP_RUNS = 16
 KEEP_PACKS = 8
+PACK_PARTS = 2  # a pack is written in parts, by as many processes at once
 
 
 def default_dir() -> str:
@@ -259,30 +260,46 @@ class Cache:
             return PackIndex(*obj)
         return PackIndex()
 
+    def _pack_part(self, name: str, part: int) -> str:
+        return self._pack(name if part == 0 else f"{name}.{part}")
+
     def load_packs(self, names: Iterable[str]) -> dict[bytes, ModuleData]:
-        """Content key -> ModuleData, from the named packs."""
+        """Content key -> ModuleData, from the named packs (all their parts)."""
         out: dict[bytes, ModuleData] = {}
         for name in sorted(set(names)):
-            obj = self._read(self._pack(name))
-            if isinstance(obj, dict):
-                out.update(obj)
+            for part in range(PACK_PARTS):
+                obj = self._read(self._pack_part(name, part))
+                if isinstance(obj, dict):
+                    out.update(obj)
         return out
 
     def save_pack(self, moddir: bytes, data: dict[bytes, ModuleData],
-                  layouts: dict[bytes, tuple[int, ...]]) -> None:
-        """Store ``moddir``'s module data (replacing its last pack) and index it with the
-        layouts learnt; only the :data:`KEEP_PACKS` most recent packs are kept. An index
+                  layouts: dict[bytes, tuple[int, ...]], part: int = 0,
+                  keys: Optional[Iterable[bytes]] = None) -> None:
+        """Store part ``part`` (of :data:`PACK_PARTS`, written by as many processes at once)
+        of ``moddir``'s module data, replacing that of its last pack. Part 0 also indexes
+        the pack, under ``keys`` (all its parts' keys; default: those of ``data``), with
+        the layouts learnt; only the :data:`KEEP_PACKS` most recent packs are kept. An index
         entry whose pack was lost to a concurrent run is only a miss: the module is
-        extracted again."""
+        extracted again (and a part left from an earlier run holds data by content key:
+        never wrong)."""
         name = self.pack_name(moddir)
-        self._write(self._pack(name), data)
+        self._write(self._pack_part(name, part), data)
+        if part:
+            return
         packs = os.path.join(self.dir, "packs")
         keep = _keep_newest(packs, KEEP_PACKS, lambda n: len(n) == 32)
         if keep is None:
             return
+        for entry in os.listdir(packs):  # the other parts of packs no longer kept
+            if len(entry) > 33 and entry[32] == "." and entry[:32] not in keep:
+                try:
+                    os.unlink(os.path.join(packs, entry))
+                except OSError:
+                    pass
         old = self.pack_index()
         where = {k: v for k, v in old.where.items() if v in keep and v != name}
-        where.update(dict.fromkeys(data, name))
+        where.update(dict.fromkeys(data if keys is None else keys, name))
         learnt = {k: v for k, v in old.layouts.items() if v[1] in keep}
         learnt.update((k, (v, name)) for k, v in layouts.items())
         self._write(os.path.join(packs, "index"), (where, learnt))

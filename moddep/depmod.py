@@ -298,15 +298,16 @@ def compute(req: Request, source: ModuleSource, log: Optional[Log] = None) -> Re
         mark("resolved")
         out = generate(inputs._replace(model=model), [o for o in todo if o.resolved])
         mark("outputs needing the model")
-        # the cache's copy of the module data: in this half, which finishes first, so that
-        # the other's results need not wait for it (the files' keys: in the other)
-        loaded.store(keys=False)
+        # the cache's copy of the module data: half of it here, half (and the files' keys)
+        # in the other half
+        loaded.store(keys=False, part=0)
         return model, out
 
     def without_model() -> tuple[None, list[tuple[str, bytes, list[Message]]]]:
         out = generate(inputs, [o for o in todo if not o.resolved])
         mark("outputs without the model")
         loaded.store_keys()
+        loaded.store(keys=False, part=1)
         return None, out
 
     (model, first), (_none, second) = fork_join([with_model, without_model], source.jobs)

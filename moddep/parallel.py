@@ -10,7 +10,7 @@ import sys
 from array import array
 from typing import Callable, Optional, Sequence, TypeVar
 
-from moddep.cache import Cache, Known, PackIndex, stat_identity
+from moddep.cache import PACK_PARTS, Cache, Known, PackIndex, stat_identity
 from moddep.compression import DEFAULT_LIMIT
 from moddep.extract import Keyed, read_keyed, read_module, rekey
 from moddep.model import ModuleData
@@ -163,16 +163,20 @@ class Loaded:
             cache.save_keys(self.moddir, self.seen)
             self.seen = None
 
-    def store(self, keys: bool = True) -> None:
+    def store(self, keys: bool = True, part: Optional[int] = None) -> None:
         """Save the keys (:meth:`store_keys`, unless ``keys`` is false: the caller does it
         elsewhere) and this run's module data as the module directory's pack, if it
-        changed."""
+        changed: all its parts, or only part ``part`` (the caller has another process
+        write the others at the same time)."""
         if keys:
             self.store_keys()
         cache = self.source.cache
-        if self._changed and cache is not None and self.keys is not None:
-            cache.save_pack(self.moddir, dict(zip(self.keys, self._data)),  # type: ignore[arg-type]
-                            self.layouts)
+        if not self._changed or cache is None or self.keys is None:
+            return
+        pairs = list(zip(self.keys, self._data))
+        for p in range(PACK_PARTS) if part is None else (part,):
+            cache.save_pack(self.moddir, dict(pairs[p::PACK_PARTS]),  # type: ignore[arg-type]
+                            self.layouts if p == 0 else {}, p, self.keys)
 
 
 class ModuleSource:

@@ -153,6 +153,28 @@ def test_recipe_keys_of_real_modules() -> None:
     assert checked >= 20
 
 
+def test_pack_parts_load_together_and_leave_with_their_pack(tmp_path: Path) -> None:
+    """A pack is written in parts (one per output process); loading a pack reads them all,
+    and evicting a pack removes its parts too."""
+    from moddep.cache import KEEP_PACKS, PACK_PARTS, Cache
+    from moddep.model import ModuleData
+
+    cache = Cache(str(tmp_path / "c"))
+    for n in range(KEEP_PACKS + 3):
+        moddir = b"/m%d" % n
+        data = {b"k%d-%d" % (n, i): ModuleData(modinfo_raw=b"alias=%d" % i) for i in range(4)}
+        keys = list(data)
+        for part in range(PACK_PARTS):
+            cache.save_pack(moddir, dict(list(data.items())[part::PACK_PARTS]), {}, part, keys)
+        got = cache.load_packs([cache.pack_name(moddir)])
+        assert got == data
+        assert all(cache.pack_index().where[k] == cache.pack_name(moddir) for k in keys)
+    names = os.listdir(tmp_path / "c" / "packs")
+    bases = {n for n in names if len(n) == 32}
+    assert len(bases) == KEEP_PACKS
+    assert all(n[:32] in bases for n in names if n != "index")  # no part left without its pack
+
+
 def test_copy_elsewhere_hits(tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     first = _run(tree)
     other = tmp_path / "other"
