@@ -9,7 +9,7 @@ from __future__ import annotations
 import operator
 from dataclasses import dataclass
 from functools import cached_property
-from itertools import compress
+from itertools import compress, repeat
 from typing import NamedTuple, Optional, Sequence
 
 from moddep import kmodhash
@@ -130,8 +130,11 @@ def resolve(files: Sequence[ModuleFile], data: Sequence[ModuleData], *,
         table.setdefault(b"TOC.", (-1, 0))
     plen = len(prefix)
     for i, d in enumerate(data):
+        if not plen:
+            table.update(zip(d.exports, zip(repeat(i), d.export_crcs)))
+            continue
         for name, crc in zip(d.exports, d.export_crcs):
-            if plen and name.startswith(prefix):
+            if name.startswith(prefix):
                 name = name[plen:]
             table[name] = (i, crc)
 

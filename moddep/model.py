@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 from moddep.modinfo import parse_modinfo
 
 _U64 = "Q" if array("Q").itemsize == 8 else "L"
+_VALUE_PATTERNS: dict[bytes, re.Pattern[bytes]] = {}  # ModuleData.values, compiled once a key
 
 
 class ModuleData:
@@ -16,7 +17,7 @@ class ModuleData:
     changed once built (equal and hashed by its fields).
 
     Kept compact because thousands of these cross process boundaries and the cache: the
-    required symbols travel as one NUL-joined blob and their CRCs as packed 64-bit words (a
+    required symbols travel as one NUL-joined blob and their CRCs as packed words (a
     few objects per module instead of hundreds); :attr:`undefined` and
     :attr:`undefined_crcs` unpack them on first use. ``error`` is set when the file could not
     be read as a module (kmod then still lists the module, with no symbols, aliases or
@@ -37,7 +38,8 @@ class ModuleData:
         # required symbols (kmod_elf_get_dependency_symbols), NUL-joined
         self.undefined_blob = undefined_blob
         self.undefined_weak = undefined_weak  # one byte per required symbol: 1 if weak
-        self.undefined_crc_words = undefined_crc_words  # a native 64-bit word per symbol
+        # a native 32-bit word per symbol, or 64-bit when some CRC needs it
+        self.undefined_crc_words = undefined_crc_words
         self.modinfo_raw = modinfo_raw
         self.error = error
         self._undefined: Optional[tuple[bytes, ...]] = None
@@ -68,8 +70,12 @@ class ModuleData:
               undefined: Sequence[bytes] = (), undefined_weak: bytes = b"",
               undefined_crcs: Sequence[int] = (), modinfo_raw: bytes = b"",
               error: Optional[str] = None) -> ModuleData:
+        # CRCs are 32-bit words (a 64-bit ELF stores them in 64 bits): packed as such when
+        # they fit, halving what crosses processes; the length tells the width
+        words = array("I" if not undefined_crcs or max(undefined_crcs) <= 0xFFFFFFFF else _U64,
+                      undefined_crcs)
         return cls(tuple(exports), tuple(export_crcs), b"\0".join(undefined), undefined_weak,
-                   array(_U64, undefined_crcs).tobytes(), modinfo_raw, error)
+                   words.tobytes(), modinfo_raw, error)
 
     # The unpacked forms, each computed on first use and kept (plain properties over slots:
     # functools.cached_property takes a lock on every first use, thousands of times a run).
@@ -86,8 +92,9 @@ class ModuleData:
     def undefined_crcs(self) -> tuple[int, ...]:
         got = self._undefined_crcs
         if got is None:
-            words = array(_U64)
-            words.frombytes(self.undefined_crc_words)
+            raw = self.undefined_crc_words
+            words = array("I" if len(raw) == 4 * len(self.undefined_weak) else _U64)
+            words.frombytes(raw)
             got = self._undefined_crcs = tuple(words)
         return got
 
@@ -112,8 +119,12 @@ class ModuleData:
         raw = self.modinfo_raw
         if key + b"=" not in raw:
             return []
-        # strings start at the beginning or after a NUL; the value runs to the next NUL
-        return re.findall(b"(?:^|\\0)" + re.escape(key) + b"=([^\\0]*)", raw)
+        pattern = _VALUE_PATTERNS.get(key)
+        if pattern is None:
+            # strings start at the beginning or after a NUL; the value runs to the next NUL
+            pattern = _VALUE_PATTERNS[key] = re.compile(
+                b"(?:^|\\0)" + re.escape(key) + b"=([^\\0]*)")
+        return pattern.findall(raw)
 
     def __reduce__(self) -> tuple[type[ModuleData], tuple[object, ...]]:
         """Pickle as the constructor's arguments: the stored fields only, never the unpacked

@@ -176,3 +176,21 @@ def test_reading_a_module_leaves_no_reference_cycle(tmp_path: Path) -> None:
         assert gc.collect() == 0
     finally:
         gc.enable()
+
+
+def test_module_data_crc_words_keep_any_width() -> None:
+    """CRCs travel as 32-bit words when they fit (the usual case), else as 64-bit ones; both
+    unpack to the same values, also after pickling."""
+    import pickle
+
+    from moddep.model import ModuleData
+
+    small = ModuleData.build(undefined=[b"a", b"b"], undefined_weak=b"\0\1",
+                             undefined_crcs=[0xDEADBEEF, 7])
+    wide = ModuleData.build(undefined=[b"a", b"b"], undefined_weak=b"\0\1",
+                            undefined_crcs=[0x1DEADBEEF, 7])
+    assert len(small.undefined_crc_words) == 8 and len(wide.undefined_crc_words) == 16
+    for d, crcs in ((small, (0xDEADBEEF, 7)), (wide, (0x1DEADBEEF, 7))):
+        assert d.undefined_crcs == crcs
+        assert pickle.loads(pickle.dumps(d)).undefined_crcs == crcs
+    assert ModuleData.build().undefined_crcs == ()
