@@ -11,10 +11,12 @@ one is found again after a reinstall gave it a new mtime:
   compressed file, or one that is not a readable ELF image, the whole file as stored. The
   key is computed in the same pass (and from the same reads) as the extraction itself;
 * ``packs/`` holds, per module directory, the extracted :class:`~moddep.model.ModuleData` of
-  its last run by content key (so a partly changed tree re-extracts only what changed), and
-  an index of which pack holds each key (so a copy of a tree elsewhere is only re-keyed);
-* ``paths/`` remembers, per module directory, each file's stat identity and key, so unchanged
-  files are not even read (any stat change means the key is computed again);
+  its last run by content key (so a partly changed tree re-extracts only what changed), in
+  parts written by the output processes at once, and an index of which pack holds each key
+  (so a copy of a tree elsewhere is only re-keyed);
+* ``paths/`` remembers, per module directory, each file's stat identity, key and the key's
+  :func:`recipe`, so unchanged files are not even read, and a file rewritten with the same
+  bytes (a reinstall: new inode and mtime) is re-keyed by its recipe without being parsed;
 * ``runs/`` maps a run key — the hash of every input of a depmod run (options, kmod
   generation, configuration, modules.order, builtin files, kernel symbols, each module's path
   and content key) — to the finished output files and messages.
