@@ -224,18 +224,23 @@ def test_cache_inside_root_is_refused(tree: Path, monkeypatch: pytest.MonkeyPatc
     assert not (tree / "var").exists()
 
 
+def _flip_subject(crc_mode: str, bits: int) -> bytes:
+    """A module with every kind of input extraction reads, and 64 bytes of code it does not."""
+    return Module(bits=bits, big=bits == 32, crc_mode=crc_mode,
+                  exports=[(b"e1", 0x1234), (b"e2", 7)],
+                  undefined=[(b"u", False), (b"w", True)],
+                  versions=[(b"u", 5), (b"module_layout", 9)],
+                  modinfo=[(b"alias", b"pci:v*"), (b"depends", b"")],
+                  text=bytes(range(64))).build()
+
+
 @pytest.mark.parametrize("crc_mode", ["kcrctab", "abs"])
 @pytest.mark.parametrize("bits", [64, 32])
 def test_key_covers_every_byte_extraction_reads(crc_mode: str, bits: int) -> None:
     """Flip each byte of a module in turn: whenever the cache key stays the same, the
     extracted data must too (so an unchanged key can never serve stale data); bytes outside
     the read ranges (code, an unreferenced __kcrctab) leave the key alone."""
-    image = Module(bits=bits, big=bits == 32, crc_mode=crc_mode,
-                   exports=[(b"e1", 0x1234), (b"e2", 7)],
-                   undefined=[(b"u", False), (b"w", True)],
-                   versions=[(b"u", 5), (b"module_layout", 9)],
-                   modinfo=[(b"alias", b"pci:v*"), (b"depends", b"")],
-                   text=bytes(range(64))).build()
+    image = _flip_subject(crc_mode, bits)
     base = parse_image(image)
     assert base.exports == (b"e1", b"e2") and base.error is None
     elf = ElfModule(image)
@@ -270,12 +275,7 @@ def test_key_covers_every_byte_extraction_reads(crc_mode: str, bits: int) -> Non
 def test_recipe_key_is_the_key_and_never_stale(crc_mode: str, bits: int) -> None:
     """The key a recipe recomputes from raw bytes equals the parse's; flipping any byte,
     or cutting the file, either leaves what extraction reads unchanged or gives another key."""
-    image = Module(bits=bits, big=bits == 32, crc_mode=crc_mode,
-                   exports=[(b"e1", 0x1234), (b"e2", 7)],
-                   undefined=[(b"u", False), (b"w", True)],
-                   versions=[(b"u", 5), (b"module_layout", 9)],
-                   modinfo=[(b"alias", b"pci:v*"), (b"depends", b"")],
-                   text=bytes(range(64))).build()
+    image = _flip_subject(crc_mode, bits)
     elf = ElfModule(image)
     key = image_key(elf)
     how = recipe(elf, elf.crc_sections())
