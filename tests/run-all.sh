@@ -14,6 +14,8 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     command -v xz >/dev/null 2>&1 || need="$need xz-utils"
     command -v zstd >/dev/null 2>&1 || need="$need zstd"
     command -v dot >/dev/null 2>&1 || need="$need graphviz"
+    # the host's kmod: test_trie reads indexes back with its modprobe
+    command -v modprobe >/dev/null 2>&1 || [ -x /usr/sbin/modprobe ] || need="$need kmod"
     if [ -n "$need" ]; then
         echo "run-all.sh: installing$need" >&2
         (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need) \
