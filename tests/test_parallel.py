@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import time
+from pathlib import Path
 
 import pytest
 
@@ -39,18 +41,26 @@ def test_a_slow_process_takes_fewer_batches() -> None:
 
 
 @pytest.mark.parametrize("jobs", [1, 2])
-def test_side_work_runs_once_in_the_parent_during_the_map(jobs: int) -> None:
+def test_side_work_runs_once_in_the_parent_during_the_map(jobs: int, tmp_path: Path) -> None:
     """``side`` runs in the calling process (its effects stay), once, whatever the jobs; while
     it runs, the other process goes on taking batches."""
     parent = os.getpid()
     ran: list[int] = []
+    child_ran = tmp_path / "child-ran"
+
+    def tagged(path: bytes) -> tuple[bytes, int]:
+        if os.getpid() != parent:
+            child_ran.touch()
+        return _tagged(path)
 
     def side() -> None:
         ran.append(os.getpid())
-        for _ in range(200000):  # long enough for a child to take batches meanwhile
-            pass
+        # busy until a child has taken a batch (however late it is scheduled), at most 10 s
+        deadline = time.monotonic() + 10
+        while jobs > 1 and not child_ran.exists() and time.monotonic() < deadline:
+            time.sleep(0.001)
 
-    out = map_files(_tagged, [b"p%d" % i for i in range(400)], jobs, side=side)
+    out = map_files(tagged, [b"p%d" % i for i in range(400)], jobs, side=side)
     assert ran == [parent]
     assert [r for r, _pid in out] == [b"P%d" % i for i in range(400)]
     if jobs > 1:
