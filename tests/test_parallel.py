@@ -92,7 +92,12 @@ def test_child_error_reaches_the_parent() -> None:
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_progress_rises_and_ends_at_the_total(jobs: int) -> None:
     seen: list[tuple[int, int]] = []
-    map_files(bytes.upper, [b"m%d" % i for i in range(700)], jobs,
+
+    def slow_upper(path: bytes) -> bytes:
+        time.sleep(0.0002)  # (so that a busy machine cannot let one process take every batch)
+        return path.upper()
+
+    map_files(slow_upper, [b"m%d" % i for i in range(700)], jobs,
               progress=lambda done, total: seen.append((done, total)))
     assert seen and seen[-1] == (700, 700)
     counts = [done for done, _total in seen]
