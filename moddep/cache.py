@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterable, NamedTuple, Optional, Sequence, Unio
 
 from moddep import __version__
 from moddep.compression import DEFAULT_LIMIT
-from moddep.elf import _EHDR_STRUCTS, ELFDATA2MSB, ElfModule, section_table_columns
+from moddep.elf import ELFDATA2MSB, ElfModule, header_size, section_table_columns
 from moddep.model import ModuleData
 
 # bump when ModuleData or the extraction changes meaning
@@ -136,10 +136,9 @@ def key_by_recipe(read: Callable[[int, int], bytes], size: int, limit: int,
         if len(depmod) != n or len(crc) != m:
             raise ValueError
         head = read(0, 64)
-        ehdr = _EHDR_STRUCTS[head[4], head[5]]
         names, types, _flags, offs, sizes = section_table_columns(
             read(table_off, table_size), head[4], head[5] == ELFDATA2MSB)
-        ranges = [(0, ehdr.size)] + [(offs[i], sizes[i]) for i in (shstrndx, *depmod)]
+        ranges = [(0, header_size(head))] + [(offs[i], sizes[i]) for i in (shstrndx, *depmod)]
         crc_ranges = [(offs[i], sizes[i]) for i in crc]
     except (ValueError, IndexError, KeyError, TypeError):
         raise ValueError("malformed cache recipe, or a file it does not fit") from None

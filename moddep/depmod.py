@@ -300,14 +300,14 @@ def compute(req: Request, source: ModuleSource, log: Optional[Log] = None) -> Re
         mark("outputs needing the model")
         # the cache's copy of the module data: half of it here, half (and the files' keys)
         # in the other half
-        loaded.store(keys=False, part=0)
+        loaded.store(0)
         return model, out
 
     def without_model() -> tuple[None, list[tuple[str, bytes, list[Message]]]]:
         out = generate(inputs, [o for o in todo if not o.resolved])
         mark("outputs without the model")
         loaded.store_keys()
-        loaded.store(keys=False, part=1)
+        loaded.store(1)
         return None, out
 
     (model, first), (_none, second) = fork_join([with_model, without_model], source.jobs)

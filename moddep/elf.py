@@ -121,8 +121,6 @@ class ElfModule:
                 f"the file ({size} bytes)", path)
         if shstrndx >= shnum:
             raise ElfError(f"section name table index {shstrndx} >= {shnum} sections", path)
-        # the section header table as columns (one array slice per field, not a tuple per
-        # section): sh_name, sh_type, sh_flags, sh_offset, sh_size
         (self._sh_name, self._sh_type, self._sh_flags, self._sh_off,
          self._sh_size) = section_table_columns(read(shoff, shnum * shentsize), cls, big)
         self._shnum = shnum
@@ -479,6 +477,12 @@ class ElfModule:
 
 _NUL_TO_BLANK = bytes([0x20]) + bytes(range(1, 256))
 _BLANKS = b" \t\n\r\x0b\x0c"  # what bytes.split() splits on besides the NULs made blanks
+
+
+def header_size(head: bytes) -> int:
+    """Size of the ELF header starting ``head`` (by its class and byte order); KeyError for
+    a class or byte order this reader does not know."""
+    return _EHDR_STRUCTS[head[4], head[5]].size
 
 
 def section_table_columns(table: bytes, elfclass: int, big_endian: bool,

@@ -214,14 +214,8 @@ def rekey(fspath: bytes, limit: int, how: bytes, same: tuple[int, ...] = (),
         ident = stat_identity(st)
         if ident == same or not stat.S_ISREG(st.st_mode):
             return ident, None
-        size = st.st_size
-
-        def read(offset: int, length: int) -> bytes:
-            # (a recipe's range may overrun a file that changed: read what there is)
-            return os.pread(fd, max(0, min(length, size - offset)), offset) \
-                if offset < size else b""
-
-        return ident, key_by_recipe(read, size, limit, how)
+        # (a recipe's range may overrun a file that changed: FileImage reads what there is)
+        return ident, key_by_recipe(FileImage(fd, st.st_size).range, st.st_size, limit, how)
     except (OSError, ValueError):
         return ident, None
     finally:

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import re
 from array import array
+from operator import attrgetter
 from typing import Optional, Sequence
 
 from moddep.modinfo import parse_modinfo
 
 _U64 = "Q" if array("Q").itemsize == 8 else "L"
 _VALUE_PATTERNS: dict[bytes, re.Pattern[bytes]] = {}  # ModuleData.values, compiled once a key
+# ModuleData's stored fields, in constructor order (the rest of its slots are unpacked forms)
+_FIELDS = ("exports", "export_crcs", "undefined_blob", "undefined_weak", "undefined_crc_words",
+           "modinfo_raw", "error")
+_get_fields = attrgetter(*_FIELDS)
 
 
 class ModuleData:
@@ -25,9 +30,7 @@ class ModuleData:
     re-run's start-up a millisecond.
     """
 
-    __slots__ = ("exports", "export_crcs", "undefined_blob", "undefined_weak",
-                 "undefined_crc_words", "modinfo_raw", "error",
-                 "_undefined", "_undefined_crcs", "_modinfo", "_aliases")  # (unpacked on use)
+    __slots__ = (*_FIELDS, "_undefined", "_undefined_crcs", "_modinfo", "_aliases")
 
     def __init__(self, exports: tuple[bytes, ...] = (), export_crcs: tuple[int, ...] = (),
                  undefined_blob: bytes = b"", undefined_weak: bytes = b"",
@@ -49,8 +52,7 @@ class ModuleData:
 
     def fields(self) -> tuple[object, ...]:
         """The stored fields, in constructor order (never the unpacked caches)."""
-        return (self.exports, self.export_crcs, self.undefined_blob, self.undefined_weak,
-                self.undefined_crc_words, self.modinfo_raw, self.error)
+        return _get_fields(self)  # type: ignore[no-any-return]
 
     def __eq__(self, other: object) -> bool:
         if other.__class__ is not ModuleData:
@@ -61,9 +63,8 @@ class ModuleData:
         return hash(self.fields())
 
     def __repr__(self) -> str:
-        names = ("exports", "export_crcs", "undefined_blob", "undefined_weak",
-                 "undefined_crc_words", "modinfo_raw", "error")
-        return "ModuleData(" + ", ".join(f"{n}={v!r}" for n, v in zip(names, self.fields())) + ")"
+        return "ModuleData(" + ", ".join(f"{n}={v!r}" for n, v in zip(_FIELDS, self.fields())) \
+            + ")"
 
     @classmethod
     def build(cls, exports: Sequence[bytes] = (), export_crcs: Sequence[int] = (),

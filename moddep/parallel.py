@@ -163,20 +163,16 @@ class Loaded:
             cache.save_keys(self.moddir, self.seen)
             self.seen = None
 
-    def store(self, keys: bool = True, part: Optional[int] = None) -> None:
-        """Save the keys (:meth:`store_keys`, unless ``keys`` is false: the caller does it
-        elsewhere) and this run's module data as the module directory's pack, if it
-        changed: all its parts, or only part ``part`` (the caller has another process
-        write the others at the same time)."""
-        if keys:
-            self.store_keys()
+    def store(self, part: int) -> None:
+        """Save part ``part`` (of :data:`~moddep.cache.PACK_PARTS`: other processes write the
+        others at the same time) of this run's module data as the module directory's pack,
+        if it changed."""
         cache = self.source.cache
         if not self._changed or cache is None or self.keys is None:
             return
         pairs = list(zip(self.keys, self._data))
-        for p in range(PACK_PARTS) if part is None else (part,):
-            cache.save_pack(self.moddir, dict(pairs[p::PACK_PARTS]),  # type: ignore[arg-type]
-                            self.layouts if p == 0 else {}, p, self.keys)
+        cache.save_pack(self.moddir, dict(pairs[part::PACK_PARTS]),  # type: ignore[arg-type]
+                        self.layouts if part == 0 else {}, part, self.keys)
 
 
 class ModuleSource:
