@@ -276,3 +276,29 @@ def test_bad_version_and_prefix_usage(tmp_path: Path) -> None:
     from moddep.cli import main
     assert main(["depmod", "-b", str(tmp_path), "notaversion"]) == 1
     assert main(["depmod", "-P", "ab", "-b", str(tmp_path), "1.2"]) == 1
+
+
+@KMODS
+def test_module_alias_brackets_and_dashes(tmp_path: Path, kv: int) -> None:
+    """Index keys: '-' becomes '_' outside brackets only; an alias with an unmatched bracket
+    is left out of modules.alias.bin with a warning (but stays in modules.alias), whichever
+    module and position it has among the others."""
+    mods = {
+        "kernel/a/m-a.ko": mod(aliases=[b"usb:v1-2d0[0-2]*x-y", b"plain-one", b"bad[-open"]),
+        "kernel/b/m-b.ko": mod(aliases=[b"close]-bad", b"pci:v-[a-c]-[-]-z"]),
+        "kernel/c/m-c.ko": mod(aliases=[b"no-brackets-here", b"[x-y]", b"]"]),
+        "kernel/d/m-d.ko": mod(),
+    }
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    ours, theirs = both(tmp_path, kv, mods, "-C", str(conf))
+    for bad in ("bad[-open", "close]-bad", "]"):
+        assert f"Unmatched bracket in {bad}\n" in ours.stderr
+    assert ours.stderr.count("Unmatched bracket") == 3
+    from moddep.index.trie import Index
+
+    keys = {k for k, _v, _p in Index(ours.files["modules.alias.bin"]).entries()}
+    assert keys == {b"usb:v1_2d0[0-2]*x_y", b"plain_one", b"pci:v_[a-c]_[-]_z",
+                    b"no_brackets_here", b"[x-y]"}
+    assert b"alias bad[-open m_a\n" in ours.files["modules.alias"]
+    same_files(ours, theirs)

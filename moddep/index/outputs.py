@@ -8,6 +8,7 @@ trie encoding lives in :mod:`moddep.index.trie`.
 
 from __future__ import annotations
 
+from itertools import compress
 from typing import Callable, NamedTuple, Optional, Sequence
 
 from moddep.compat import KmodGeneration
@@ -191,16 +192,45 @@ def modules_dep_bin(inp: Inputs) -> bytes:
     return _encode(inp, "modules.dep.bin", entries)
 
 
+def _holding(blob: bytes, char: bytes) -> set[int]:
+    """Numbers of the NUL-separated strings of ``blob`` holding ``char``."""
+    found = set()
+    number = start = 0
+    at = blob.find(char)
+    while at >= 0:
+        number += blob.count(b"\0", start, at)
+        found.add(number)
+        start = at
+        at = blob.find(char, at + 1)
+    return found
+
+
 def alias_entries(inp: Inputs) -> list[tuple[bytes, bytes, int]]:
-    entries = []
+    """(normalised alias, module name, module index) of every alias, in module order."""
+    values: list[bytes] = []
+    names: list[bytes] = []
+    where: list[int] = []
     for i, (f, d) in enumerate(zip(inp.files, inp.data)):
-        for v in d.aliases:
-            key = alias_normalize(v)
-            if key is None:
-                inp.log.warning(f"Unmatched bracket in {fs(v)}")
-                continue
-            entries.append((key, f.name, i))
-    return entries
+        got = d.aliases
+        if got:
+            values += got
+            names += [f.name] * len(got)
+            where += [i] * len(got)
+    # alias_normalize on all at once: values never hold a NUL, so joined by NULs one
+    # replace does the usual case (no brackets); bracketed values take the full rule
+    blob = b"\0".join(values)
+    keys: list[Optional[bytes]] = list(blob.replace(b"-", b"_").split(b"\0")) if values else []
+    unmatched = False
+    if b"[" in blob or b"]" in blob:
+        for j in sorted(_holding(blob, b"[") | _holding(blob, b"]")):
+            keys[j] = alias_normalize(values[j])
+            if keys[j] is None:
+                inp.log.warning(f"Unmatched bracket in {fs(values[j])}")
+                unmatched = True
+    entries = zip(keys, names, where)
+    if unmatched:
+        return list(compress(entries, [k is not None for k in keys]))  # type: ignore[arg-type]
+    return list(entries)  # type: ignore[arg-type]
 
 
 def modules_alias_bin(inp: Inputs) -> bytes:
