@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import sys
 from array import array
-from typing import Callable, Optional, Sequence, TypeVar
+from typing import Any, Callable, Optional, Sequence, TypeVar
 
 from moddep.cache import PACK_PARTS, Cache, Known, PackIndex, stat_identity
 from moddep.compression import DEFAULT_LIMIT
@@ -41,7 +41,8 @@ def map_files(fn: Callable[[bytes], T], paths: Sequence[bytes], jobs: int,
     the last: the processes finish together however fast each runs (on a shared machine one
     CPU can be much slower than the other). The queue is a pipe holding the batch numbers,
     written whole before forking: a 4-byte read takes one batch, end of file means none left.
-    The parent works too, so only the children's results cross a process boundary. ``side``,
+    The parent works too, so only the children's results cross a process boundary: each
+    batch as soon as it is done, taken in by the parent between its own batches. ``side``,
     if given, is run once by the parent before its first batch (the others take more
     batches meanwhile): work of the caller's own that needs no result of this map.
     """
@@ -65,35 +66,137 @@ def map_files(fn: Callable[[bytes], T], paths: Sequence[bytes], jobs: int,
     finally:
         os.close(wfd)
 
-    def work(parent: bool) -> Callable[[], list[tuple[int, list[T]]]]:
-        def run() -> list[tuple[int, list[T]]]:
-            if parent and side is not None:
-                side()
-            out: list[tuple[int, list[T]]] = []
-            done = 0
-            while True:
-                got = os.read(rfd, 4)
-                if len(got) < 4:
-                    return out
-                b = int.from_bytes(got, sys.byteorder)
-                out.append((b, [fn(paths[i]) for i in batches[b]]))
-                done += len(batches[b])
-                if parent and progress:  # the parent's count, times the processes
-                    progress(min(total - 1, done * jobs), total)
-        return run
+    def take() -> Optional[tuple[int, list[T]]]:
+        """The next batch from the queue, done; None when the queue is empty."""
+        got = os.read(rfd, 4)
+        if len(got) < 4:
+            return None
+        b = int.from_bytes(got, sys.byteorder)
+        return b, [fn(paths[i]) for i in batches[b]]
 
+    merged: list[Optional[T]] = [None] * total
+
+    def place(b: int, res: list[T]) -> None:
+        for i, r in zip(batches[b], res):
+            merged[i] = r
+
+    children: list[_Results] = []
     try:
-        results = fork_join([work(i == 0) for i in range(jobs)], jobs)
+        for _ in range(jobs - 1):
+            children.append(_Results.fork(take, [c.fd for c in children]))
+        if side is not None:
+            side()
+        done = 0
+        while True:
+            mine = take()
+            if mine is None:
+                break
+            place(*mine)
+            done += len(batches[mine[0]])
+            if progress:  # the parent's count, times the processes
+                progress(min(total - 1, done * jobs), total)
+            for child in children:  # what the others finished meanwhile
+                for b, res in child.receive(wait=False):
+                    place(b, res)
+        for child in children:
+            for b, res in child.receive(wait=True):
+                place(b, res)
     finally:
         os.close(rfd)
+        for child in children:
+            child.close()
     if progress:
         progress(total, total)
-    merged: list[Optional[T]] = [None] * total
-    for done in results:
-        for b, res in done:
-            for i, r in zip(batches[b], res):
-                merged[i] = r
     return merged  # type: ignore[return-value]
+
+
+class _Results:
+    """A forked worker of :func:`map_files` and the pipe its results come back through.
+
+    The worker sends each batch as it finishes it (a length-prefixed pickle), and the parent
+    takes in what has arrived between its own batches: at the end of the map only the last
+    batches are left to cross, instead of all of them."""
+
+    def __init__(self, pid: int, fd: int) -> None:
+        self.pid = pid
+        self.fd = fd
+        self.buf = bytearray()
+        self.finished = False
+
+    @classmethod
+    def fork(cls, take: Callable[[], Optional[tuple[int, list[Any]]]],
+             inherited: Sequence[int]) -> _Results:
+        import pickle
+
+        rfd, wfd = os.pipe()
+        _widen(wfd)
+        pid = os.fork()
+        if pid == 0:  # the worker
+            try:
+                os.close(rfd)
+                for fd in inherited:  # the other workers' pipes
+                    os.close(fd)
+                while True:
+                    got = take()
+                    if got is None:
+                        break
+                    _send(wfd, pickle.dumps(got, protocol=pickle.HIGHEST_PROTOCOL))
+                _send(wfd, pickle.dumps(None))
+            except BaseException as e:  # noqa: BLE001 - sent to the parent
+                try:
+                    _send(wfd, pickle.dumps(("error", e), protocol=pickle.HIGHEST_PROTOCOL))
+                except BaseException:  # noqa: BLE001 - an unpicklable error: EOF tells
+                    pass
+            finally:
+                os._exit(0)
+        os.close(wfd)
+        os.set_blocking(rfd, False)
+        return cls(pid, rfd)
+
+    def receive(self, wait: bool) -> list[tuple[int, list[Any]]]:
+        """The batches that arrived (with ``wait``: all the rest, until the worker's end)."""
+        import pickle
+
+        if self.finished:
+            return []
+        if wait:
+            os.set_blocking(self.fd, True)
+        out: list[tuple[int, list[Any]]] = []
+        buf = self.buf
+        while True:
+            try:
+                chunk = os.read(self.fd, PIPE_SIZE)
+            except BlockingIOError:
+                chunk = None
+            if chunk:
+                buf += chunk
+            while len(buf) >= 8:
+                size = int.from_bytes(buf[:8], "little")
+                if len(buf) < 8 + size:
+                    break
+                got = pickle.loads(memoryview(buf)[8:8 + size])
+                del buf[:8 + size]
+                if got is None:
+                    self.finished = True
+                    return out
+                if got[0] == "error":
+                    self.finished = True
+                    raise got[1]
+                out.append(got)
+            if chunk is None and not wait:
+                return out
+            if chunk == b"":
+                raise RuntimeError(f"worker process {self.pid} ended without its results")
+
+    def close(self) -> None:
+        os.close(self.fd)
+        os.waitpid(self.pid, 0)
+
+
+def _send(fd: int, data: bytes) -> None:
+    view = memoryview(len(data).to_bytes(8, "little") + data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _batches(total: int, jobs: int, weights: Optional[Sequence[int]]) -> list[list[int]]:

@@ -132,3 +132,33 @@ def test_many_jobs_do_not_overfill_the_queue() -> None:
     assert len(_batches(100000, 100000, None)) * 4 <= 16384
     out = map_files(bytes.upper, [b"m%d" % i for i in range(70)], 100)  # 70 batches at most
     assert out == [b"M%d" % i for i in range(70)]
+
+
+@pytest.mark.parametrize("jobs", [2, 3])
+def test_results_larger_than_a_pipe_come_back_whole(jobs: int) -> None:
+    """Workers send each batch as they finish it, through pipes far smaller than all the
+    results: the parent takes them in between its own batches and at the end, in order."""
+    parent = os.getpid()
+
+    def big(path: bytes) -> bytes:
+        if os.getpid() == parent:
+            time.sleep(0.001)  # leave the others many batches
+        return path * 5000
+
+    paths = [b"%05d" % i for i in range(600)]
+    out = map_files(big, paths, jobs)
+    assert out == [p * 5000 for p in paths]
+    assert sum(map(len, out)) > 8 * (1 << 20)
+
+
+def test_a_worker_dying_without_results_is_an_error() -> None:
+    parent = os.getpid()
+
+    def die_in_child(path: bytes) -> bytes:
+        if os.getpid() != parent:
+            os._exit(3)
+        time.sleep(0.0005)
+        return path
+
+    with pytest.raises(RuntimeError, match="ended without its results"):
+        map_files(die_in_child, [b"x"] * 1000, 2)
