@@ -25,6 +25,7 @@ from moddep.modinfo import modname_normalize
 from moddep.rootfs import EscapeError, Root
 
 ALWAYS_SKIPPED = frozenset((b".", b"..", b"build", b"source"))
+_new_file = tuple.__new__
 
 
 class ModuleFile(NamedTuple):
@@ -56,11 +57,11 @@ class ModuleFile(NamedTuple):
 
 
 def is_module_name(name: bytes) -> bool:
-    """kmod's path_ends_with_kmod_ext: longer than, and ending with, a module extension."""
-    for ext in MODULE_EXTENSIONS:
-        if len(name) > len(ext) and name.endswith(ext):
-            return True
-    return False
+    """kmod's path_ends_with_kmod_ext: longer than, and ending with, a module extension.
+
+    (No extension ends with another, so a name ending with one is longer than it unless it
+    is that very extension.)"""
+    return name.endswith(MODULE_EXTENSIONS) and name not in MODULE_EXTENSIONS
 
 
 def starts_dir(path: bytes, prefix: bytes) -> bool:
@@ -161,6 +162,8 @@ class Scanner:
         with it:
             entries = list(it)
         confine = self.root is not None and self.root.contains(fsbase[:-1])
+        moddir = self.moddir_k + b"/"
+        relbase = kbase[len(moddir):] if kbase.startswith(moddir) else None
         for entry in entries:
             name = entry.name
             if name in self.skip:
@@ -193,8 +196,16 @@ class Scanner:
                     self.log.error(f"openat({fs(fsbase)}, {fs(name)}, O_RDONLY): {e.strerror}")
                     continue
                 self._walk(sub, kbase + name + b"/", fsbase + name + b"/", ancestors | {key})
-            elif is_module_name(name):
-                self._add(kbase + name, fsbase + name, name)
+            elif name.endswith(MODULE_EXTENSIONS) and name not in MODULE_EXTENSIONS:
+                # (is_module_name, and ModuleFile built as the plain tuple it is: thousands)
+                mod = _new_file(ModuleFile, (name.partition(b".")[0].replace(b"-", b"_"),
+                                             kbase + name, fsbase + name,
+                                             None if relbase is None else relbase + name, name))
+                old = self.by_name.get(mod.name)
+                if old is None:
+                    self.by_name[mod.name] = mod
+                else:
+                    self._keep(old, mod)
 
     def _symlink(self, kbase: bytes, fsbase: bytes, name: bytes,
                  ancestors: set[tuple[int, int]]) -> None:
@@ -237,7 +248,14 @@ class Scanner:
         rel = kpath[len(moddir) + 1:] if starts_dir(kpath, moddir) else None
         mod = ModuleFile(modname_normalize(basename), kpath, fspath, rel, basename)
         old = self.by_name.get(mod.name)
-        if old is not None and not new_wins(self.cfg, moddir, old, mod):
-            self.log.debug(f"Ignored lower priority: {fs(fspath)}, higher: {fs(old.fspath)}")
+        if old is None:
+            self.by_name[mod.name] = mod
+        else:
+            self._keep(old, mod)
+
+    def _keep(self, old: ModuleFile, mod: ModuleFile) -> None:
+        """Two files of one module name: keep the one of higher priority."""
+        if not new_wins(self.cfg, self.moddir_k, old, mod):
+            self.log.debug(f"Ignored lower priority: {fs(mod.fspath)}, higher: {fs(old.fspath)}")
             return
         self.by_name[mod.name] = mod

@@ -212,3 +212,14 @@ def test_help_width_follows_columns(monkeypatch: pytest.MonkeyPatch) -> None:
     assert terminal_columns() == 123
     monkeypatch.setenv("COLUMNS", "junk")
     assert terminal_columns() >= 1
+
+
+def test_module_names_are_longer_than_their_extension() -> None:
+    from moddep.compression import MODULE_EXTENSIONS
+    from moddep.scan import is_module_name
+
+    for ext in MODULE_EXTENSIONS:
+        assert not is_module_name(ext)
+        assert is_module_name(b"a" + ext)
+        assert not is_module_name(b"a" + ext + b"x")
+    assert not is_module_name(b"a.ko.bz2") and not is_module_name(b"ko")
