@@ -274,25 +274,30 @@ class Cache:
                     out.update(obj)
         return out
 
-    def save_pack(self, moddir: bytes, data: dict[bytes, ModuleData],
-                  layouts: dict[bytes, tuple[int, ...]], part: int = 0,
-                  keys: Optional[Iterable[bytes]] = None) -> None:
+    def save_pack(self, moddir: bytes, data: dict[bytes, ModuleData], part: int = 0) -> None:
         """Store part ``part`` (of :data:`PACK_PARTS`, written by as many processes at once)
-        of ``moddir``'s module data, replacing that of its last pack. Part 0 also indexes
-        the pack, under ``keys`` (all its parts' keys; default: those of ``data``), with
-        the layouts learnt; only the :data:`KEEP_PACKS` most recent packs are kept. An index
-        entry whose pack was lost to a concurrent run is only a miss: the module is
-        extracted again (and a part left from an earlier run holds data by content key:
-        never wrong)."""
+        of ``moddir``'s module data, replacing that of its last pack; :meth:`index_pack`
+        makes it found."""
+        self._write(self._pack_part(self.pack_name(moddir), part), data)
+
+    def index_pack(self, moddir: bytes, keys: Iterable[bytes],
+                   layouts: dict[bytes, tuple[int, ...]]) -> None:
+        """Index ``moddir``'s pack under ``keys`` (all its parts' keys), with the layouts
+        learnt, and keep only the :data:`KEEP_PACKS` most recent packs (this one among them,
+        whether or not its parts are written yet). An index entry whose pack was lost to a
+        concurrent run is only a miss: the module is extracted again (and a part left from an
+        earlier run holds data by content key: never wrong)."""
         name = self.pack_name(moddir)
-        self._write(self._pack_part(name, part), data)
-        if part:
-            return
         packs = os.path.join(self.dir, "packs")
-        keep = _keep_newest(packs, KEEP_PACKS, lambda n: len(n) == 32)
-        if keep is None:
-            return
-        for entry in os.listdir(packs):  # the other parts of packs no longer kept
+        others = _keep_newest(packs, KEEP_PACKS - 1, lambda n: len(n) == 32 and n != name)
+        if others is None:
+            others = set()
+        keep = others | {name}
+        try:
+            entries = os.listdir(packs)
+        except OSError:
+            entries = []
+        for entry in entries:  # the other parts of packs no longer kept
             if len(entry) > 33 and entry[32] == "." and entry[:32] not in keep:
                 try:
                     os.unlink(os.path.join(packs, entry))
@@ -300,7 +305,7 @@ class Cache:
                     pass
         old = self.pack_index()
         where = {k: v for k, v in old.where.items() if v in keep and v != name}
-        where.update(dict.fromkeys(data if keys is None else keys, name))
+        where.update(dict.fromkeys(keys, name))
         learnt = {k: v for k, v in old.layouts.items() if v[1] in keep}
         learnt.update((k, (v, name)) for k, v in layouts.items())
         self._write(os.path.join(packs, "index"), (where, learnt))

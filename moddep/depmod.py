@@ -298,8 +298,8 @@ def compute(req: Request, source: ModuleSource, log: Optional[Log] = None) -> Re
         mark("resolved")
         out = generate(inputs._replace(model=model), [o for o in todo if o.resolved])
         mark("outputs needing the model")
-        # the cache's copy of the module data: half of it here, half (and the files' keys)
-        # in the other half
+        # the cache's copy of the module data: half of it here, half (and its index and
+        # the files' keys) in the other half, which has less to do
         loaded.store(0)
         return model, out
 
@@ -307,6 +307,7 @@ def compute(req: Request, source: ModuleSource, log: Optional[Log] = None) -> Re
         out = generate(inputs, [o for o in todo if not o.resolved])
         mark("outputs without the model")
         loaded.store_keys()
+        loaded.store_index()
         loaded.store(1)
         return None, out
 

@@ -273,9 +273,16 @@ class Loaded:
         cache = self.source.cache
         if not self._changed or cache is None or self.keys is None:
             return
-        pairs = list(zip(self.keys, self._data))
-        cache.save_pack(self.moddir, dict(pairs[part::PACK_PARTS]),  # type: ignore[arg-type]
-                        self.layouts if part == 0 else {}, part, self.keys)
+        data = dict(zip(self.keys[part::PACK_PARTS], self._data[part::PACK_PARTS]))
+        cache.save_pack(self.moddir, data, part)  # type: ignore[arg-type]
+
+    def store_index(self) -> None:
+        """Index the pack :meth:`store` writes (its keys, the layouts learnt), if it changed;
+        in any process, before or after the parts are written."""
+        cache = self.source.cache
+        if not self._changed or cache is None or self.keys is None:
+            return
+        cache.index_pack(self.moddir, self.keys, self.layouts)
 
 
 class ModuleSource:
