@@ -288,15 +288,24 @@ class ElfModule:
         hits, namecol, shndx = self._crc_symbols()
         if hits:
             symtab, _count, strtab = self._symtab()
+            if not strtab.endswith(b"\0"):
+                strtab += b"\0"
             cls = self.elfclass
-            value = struct.Struct(self.endian + ("Q" if cls == ELFCLASS64 else "I"))
-            entsize = _SYMSIZE[cls]
-            voff = _SYMCOLS[cls][3]
-            for i in hits:
-                names.append(self._string(strtab, namecol[i])[6:])
-                v = value.unpack_from(symtab, i * entsize + voff)[0]
-                s = shndx[i]
-                crcs.append(v if s in (SHN_UNDEF, SHN_ABS) else self._section_word(s, v))
+            # column by column rather than symbol by symbol (thousands of exports a tree):
+            # each name after "__crc_" up to its NUL (every hit's name starts with "__crc_"
+            # inside .strtab), the values, the sections they point into
+            find = strtab.find
+            names = [strtab[o + 6:find(b"\0", o)] for o in map(namecol.__getitem__, hits)]
+            wide = cls == ELFCLASS64
+            step = _SYMSIZE[cls] // (8 if wide else 4)
+            values = self._words(symtab, "Q" if wide else "I")[
+                _SYMCOLS[cls][3] // (8 if wide else 4)::step]
+            vals = list(map(values.__getitem__, hits))
+            where = set(map(shndx.__getitem__, hits))
+            bulk = self._crc_words(where.pop(), vals) if len(where) == 1 else None
+            crcs = bulk if bulk is not None else [
+                v if s in (SHN_UNDEF, SHN_ABS) else self._section_word(s, v)
+                for s, v in zip(map(shndx.__getitem__, hits), vals)]
         if names:
             return names, crcs
         strings = self.section_data(b"__ksymtab_strings")
@@ -385,6 +394,22 @@ class ElfModule:
     def section_range(self, index: int) -> tuple[int, int]:
         """(offset, size) of section ``index`` as its header states them."""
         return self._sh_off[index], self._sh_size[index]
+
+    def _crc_words(self, index: int, offsets: list[int]) -> Optional[list[int]]:
+        """:meth:`_section_word` of each offset in section ``index`` (the values themselves
+        for SHN_UNDEF/SHN_ABS), all at once when every offset is a whole word inside the
+        section (as the kernel places CRCs); None otherwise."""
+        if index in (SHN_UNDEF, SHN_ABS):
+            return offsets
+        if index >= self._shnum or any(map(_LOW_TWO_BITS.__and__, offsets)):
+            return None
+        section = self._section_cache.get(index)
+        if section is None:
+            section = self._section_cache[index] = self.read(*self.section_range(index))
+        if max(offsets) + 4 > len(section):
+            return None
+        words = self._words(section[:len(section) & ~3], "I")
+        return list(map(words.__getitem__, map(_TWO.__rrshift__, offsets)))
 
     def _section_word(self, index: int, offset: int) -> int:
         """The u32 at ``offset`` in section ``index``; all-ones when out of range (as kmod)."""
@@ -511,6 +536,8 @@ def zero_positions(data: bytes) -> list[int]:
 
 
 _PLUS_ONE = (1).__add__
+_LOW_TWO_BITS = 3
+_TWO = 2
 _MINUS_ONE = (-1).__add__
 
 

@@ -50,6 +50,39 @@ def test_crc_out_of_section_is_all_ones() -> None:
 
 
 @variants
+def test_crcs_read_word_by_word_when_not_all_whole_words_in_one_section(bits: int,
+                                                                         big: bool) -> None:
+    """CRC words are read in bulk only when every __crc_ symbol points at a whole word of
+    one section; otherwise each is read on its own (a misaligned word, one past the end, one
+    in another section, an absolute value): same results either way."""
+    m = Module(bits=bits, big=big, exports=[(b"a", 0x11223344), (b"b", 0x55667788)])
+    image = m.build()
+    elf = ElfModule(image)
+    kcrctab = elf.section_header(b"__kcrctab")[0]
+    data = elf.section_data(b"__kcrctab")
+    endian = "big" if big else "little"
+
+    def word(off: int) -> int:
+        return int.from_bytes(data[off:off + 4], endian) if off + 4 <= len(data) else 0xFFFFFFFF
+
+    cases = {
+        "aligned": [0, 4],
+        "misaligned": [0, 2],
+        "past the end": [4, 8],
+    }
+    for what, offsets in cases.items():
+        raw = [(b"__crc_s%d" % i, STB_GLOBAL << 4, kcrctab, off) for i, off in enumerate(offsets)]
+        got = ElfModule(Module(bits=bits, big=big, exports=[(b"a", 0x11223344),
+                                                            (b"b", 0x55667788)],
+                               raw_symbols=raw).build()).exported_symbols()
+        assert got[1][-2:] == [word(off) for off in offsets], what
+    mixed = [(b"__crc_x", STB_GLOBAL << 4, kcrctab, 4), (b"__crc_y", STB_GLOBAL << 4, SHN_ABS, 9)]
+    got = ElfModule(Module(bits=bits, big=big, exports=[(b"a", 0x11223344), (b"b", 0x55667788)],
+                           raw_symbols=mixed).build()).exported_symbols()
+    assert got == ([b"a", b"b", b"x", b"y"], [0x11223344, 0x55667788, 0x55667788, 9])
+
+
+@variants
 def test_undefined_symbols_order_weak_and_versions(bits: int, big: bool) -> None:
     m = Module(bits=bits, big=big, undefined=[(b"printk", False), (b"maybe", True),
                                               (b"kfree", False)],
