@@ -9,6 +9,7 @@ trie encoding lives in :mod:`moddep.index.trie`.
 from __future__ import annotations
 
 from itertools import compress
+from operator import itemgetter
 from typing import Callable, NamedTuple, Optional, Sequence
 
 from moddep.compat import KmodGeneration
@@ -158,10 +159,15 @@ def modules_devname(inp: Inputs) -> bytes:
 
 # -- binary indexes --------------------------------------------------------------------------
 
+_first = itemgetter(0)
+_second = itemgetter(1)
+
+
 def _encode(inp: Inputs, name: str, entries: list[tuple[bytes, bytes, int]]) -> bytes:
-    if inp.gen.ascii_fatal:
+    if inp.gen.ascii_fatal and not (b"".join(map(_first, entries)).isascii()
+                                    and b"".join(map(_second, entries)).isascii()):
         # kmod >= 34: index__checkstring makes any byte >= 0x80 fatal (v30's signed check
-        # never fires on x86); report it the same way.
+        # never fires on x86); report it the same way (the first culprit, in entry order).
         for key, value, _prio in entries:
             for s in (key, value):
                 if not s.isascii():
