@@ -143,9 +143,12 @@ def resolve(files: Sequence[ModuleFile], data: Sequence[ModuleData], *,
     check = kernel is not None and kernel.check_crcs and errsyms
     get = table.get
     for i, d in enumerate(data):
-        und = d.undefined
-        keys: Sequence[bytes] = und
+        # split here rather than through d.undefined: the names are fresh objects, dropped
+        # after this module, instead of a cached tuple whose thousands of names every later
+        # lookup writes a reference count into (after a fork, each such page is copied)
         blob = d.undefined_blob
+        und = blob.split(b"\0") if d.undefined_weak else []
+        keys: Sequence[bytes] = und
         if plen or blob[:1] == b"." or b"\0." in blob:
             keys = [_lookup_key(k, prefix) for k in und]
         hits = list(map(get, keys))
