@@ -220,7 +220,12 @@ class Cache:
             os.makedirs(parent, exist_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             with os.fdopen(fd, "wb") as f:
-                pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
+                # without the memo: nothing written is shared or recursive, and the memo
+                # would take a reference to every object pickled (writing to each page that
+                # holds one: after a fork, every such page is copied)
+                pickler = pickle.Pickler(f, protocol=pickle.HIGHEST_PROTOCOL)
+                pickler.fast = True
+                pickler.dump(obj)
             os.replace(tmp, path)
         except (OSError, pickle.PicklingError):
             try:  # a cache that cannot be written is just a slower run
