@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import re
+from itertools import chain
+from operator import attrgetter
 from typing import TYPE_CHECKING, NamedTuple, Optional
 
 from moddep.cache import RunResult, run_key
@@ -261,8 +263,8 @@ def compute(req: Request, source: ModuleSource, log: Optional[Log] = None) -> Re
                                             req.warn_dups, req.verbose, req.text_only,
                                             req.host_config),
                  kernel_raw, _opt(order), _opt(builtin), _opt(builtin_modinfo)]
-        for m, k in zip(files, keys):
-            parts += [m.kpath, m.relpath or b"\0", k]
+        parts += chain.from_iterable(zip(map(_KPATH, files),
+                                         [m.relpath or b"\0" for m in files], keys))
         rkey = run_key(parts)
         hit = source.cache.load_run(rkey)
         if hit is not None:
@@ -327,6 +329,9 @@ def compute(req: Request, source: ModuleSource, log: Optional[Log] = None) -> Re
             outputs, [(m.level, m.text) for m in log.messages[first_msg:]],
             log.stdout[first_out:]))
     return Result(outputs, moddir_fs, outdir, model, log)
+
+
+_KPATH = attrgetter("kpath")
 
 
 def _name(m: ModuleFile) -> bytes:

@@ -220,6 +220,11 @@ def _batches(total: int, jobs: int, weights: Optional[Sequence[int]]) -> list[li
     return batches
 
 
+Seen = tuple[list[tuple[int, ...]], list[bytes], list[bytes], dict[bytes, Known]]
+"""The files' stat identities, keys and recipes as a run found them, with what the cache
+knew (:meth:`Loaded.store_keys` saves the difference)."""
+
+
 class Loaded:
     """The module data of one run's files: keys known up front, data on demand."""
 
@@ -227,9 +232,9 @@ class Loaded:
                  keys: Optional[list[bytes]], data: list[Optional[ModuleData]],
                  packed: Optional[PackIndex] = None,
                  layouts: Optional[dict[bytes, tuple[int, ...]]] = None,
-                 seen: Optional[dict[bytes, Known]] = None) -> None:
+                 seen: Optional[Seen] = None) -> None:
         self.source = source
-        self.seen = seen  # the files' stat identities and keys, when the cache's are stale
+        self.seen = seen  # the files' stat identities and keys, unless the cache has them
         self.packed = packed or PackIndex()  # where the data of earlier runs is
         self.layouts = layouts or {}  # layouts learnt by this run's extraction
         self.moddir = moddir
@@ -263,7 +268,11 @@ class Loaded:
         """Save the files' stat identities and keys, if they changed (once)."""
         cache = self.source.cache
         if self.seen is not None and cache is not None:
-            cache.save_keys(self.moddir, self.seen)
+            ids, keys, recipes, known = self.seen
+            seen = {p: (ident, k, how)
+                    for p, ident, k, how in zip(self.paths, ids, keys, recipes) if ident and k}
+            if seen != known:
+                cache.save_keys(self.moddir, seen)
             self.seen = None
 
     def store(self, part: int) -> None:
@@ -375,10 +384,11 @@ class ModuleSource:
                 keys[i], data[i], recipes[i], ids[i] = k, d, how, ident
                 if layout is not None:
                     layouts[layout[0]] = layout[1]
-        seen = {p: (ident, k, how)
-                for p, ident, k, how in zip(paths, ids, keys, recipes) if ident and k}
+        # (what to save is worked out when saving, by the process that saves it; a run whose
+        # every path the cache knew, with its identity, has nothing to save)
+        unchanged = not todo and len(known) == total
         return Loaded(self, moddir, paths, keys if all(keys) else None, data, packed, layouts,
-                      seen if seen != known else None)
+                      None if unchanged else (ids, keys, recipes, known))
 
 
 def extract_all(paths: Sequence[bytes], jobs: Optional[int] = None,
