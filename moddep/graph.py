@@ -7,8 +7,6 @@ return the :class:`DepModel` every index writer reads.
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass
-from functools import cached_property
 from itertools import compress, repeat
 from typing import NamedTuple, Optional, Sequence
 
@@ -81,21 +79,36 @@ class KernelSymbols(NamedTuple):
     check_crcs: bool  # -E given: compare CRCs
 
 
-@dataclass(frozen=True)
 class DepModel:
-    """The resolved module set every output is generated from (array order throughout)."""
+    """The resolved module set every output is generated from (array order throughout);
+    never changed once built. (A plain class: depmod is the only module on a depmod run that
+    would import dataclasses, and generating a frozen one costs milliseconds.)"""
 
-    files: tuple[ModuleFile, ...]
-    data: tuple[ModuleData, ...]
-    deps: tuple[tuple[int, ...], ...]  # direct dependencies, sorted by dep order
-    closure: tuple[tuple[int, ...], ...]  # modules.dep line: all dependencies, sorted
-    symbols: tuple[tuple[bytes, int], ...]  # (symbol, owner index) in kmod hash order
-    prefix: bytes = b""  # the symbol prefix stripped (-P)
+    __slots__ = ("files", "data", "deps", "closure", "symbols", "prefix", "_via")
 
-    @cached_property
+    def __init__(self, files: tuple[ModuleFile, ...], data: tuple[ModuleData, ...],
+                 deps: tuple[tuple[int, ...], ...], closure: tuple[tuple[int, ...], ...],
+                 symbols: tuple[tuple[bytes, int], ...], prefix: bytes = b"") -> None:
+        self.files = files
+        self.data = data
+        self.deps = deps  # direct dependencies, sorted by dep order
+        self.closure = closure  # modules.dep line: all dependencies, sorted
+        self.symbols = symbols  # (symbol, owner index) in kmod hash order
+        self.prefix = prefix  # the symbol prefix stripped (-P)
+        self._via: Optional[dict[tuple[int, int], tuple[bytes, ...]]] = None
+
+    def __repr__(self) -> str:
+        return f"DepModel({len(self.files)} modules, prefix={self.prefix!r})"
+
+    @property
     def via(self) -> dict[tuple[int, int], tuple[bytes, ...]]:
         """(user, provider) -> the symbols the user takes from the provider, in the user's
         order (what ``why`` and verify explain; depmod's outputs never need it)."""
+        if self._via is None:
+            self._via = self._providers()
+        return self._via
+
+    def _providers(self) -> dict[tuple[int, int], tuple[bytes, ...]]:
         owner_of = dict(self.symbols)
         get = owner_of.get
         out: dict[tuple[int, int], list[bytes]] = {}
