@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from array import array
 from operator import attrgetter
 from typing import Optional, Sequence
@@ -10,7 +9,6 @@ from typing import Optional, Sequence
 from moddep.modinfo import parse_modinfo
 
 _U64 = "Q" if array("Q").itemsize == 8 else "L"
-_VALUE_PATTERNS: dict[bytes, re.Pattern[bytes]] = {}  # ModuleData.values, compiled once a key
 # ModuleData's stored fields, in constructor order (the rest of its slots are unpacked forms)
 _FIELDS = ("exports", "export_crcs", "undefined_blob", "undefined_weak", "undefined_crc_words",
            "modinfo_raw", "error")
@@ -116,16 +114,14 @@ class ModuleData:
         return got
 
     def values(self, key: bytes) -> list[bytes]:
-        """All modinfo values of ``key``, in file order."""
+        """All modinfo values of ``key``, in file order (each string runs from the start or
+        a NUL to the next NUL; those starting ``key=`` count)."""
         raw = self.modinfo_raw
-        if key + b"=" not in raw:
+        head = key + b"="
+        if head not in raw:
             return []
-        pattern = _VALUE_PATTERNS.get(key)
-        if pattern is None:
-            # strings start at the beginning or after a NUL; the value runs to the next NUL
-            pattern = _VALUE_PATTERNS[key] = re.compile(
-                b"(?:^|\\0)" + re.escape(key) + b"=([^\\0]*)")
-        return pattern.findall(raw)
+        n = len(head)
+        return [s[n:] for s in raw.split(b"\0") if s[:n] == head]
 
     def __reduce__(self) -> tuple[type[ModuleData], tuple[object, ...]]:
         """Pickle as the constructor's arguments: the stored fields only, never the unpacked

@@ -227,3 +227,20 @@ def test_module_data_crc_words_keep_any_width() -> None:
         assert d.undefined_crcs == crcs
         assert pickle.loads(pickle.dumps(d)).undefined_crcs == crcs
     assert ModuleData.build().undefined_crcs == ()
+
+
+def test_module_data_values_follow_modinfo_strings() -> None:
+    """values(key) is every string starting ``key=`` (from the start or after a NUL, up to
+    the next NUL); a string without ``=`` has no value."""
+    import re
+
+    from moddep.model import ModuleData
+
+    blobs = [b"", b"alias=a", b"\0\0alias=a\0\0alias=\0", b"x=alias=no\0aliasx=no\0alias=b=c",
+             b"alias=first\0license=GPL\0alias=second", b"alias", b"alias=a\0alias",
+             b"softdep=pre: x\0alias=y\0softdep=post: z\0"]
+    for raw in blobs:
+        d = ModuleData(modinfo_raw=raw)
+        for key in (b"alias", b"softdep", b"license", b"x"):
+            pattern = b"(?:^|\\0)" + re.escape(key) + b"=([^\\0]*)"
+            assert d.values(key) == re.findall(pattern, raw), (raw, key)

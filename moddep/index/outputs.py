@@ -67,9 +67,19 @@ def modules_dep(inp: Inputs) -> bytes:
 def _modinfo_lines(inp: Inputs, key: bytes, header: bytes, name_first: bool) -> bytes:
     """``KEY value name`` (aliases) or ``KEY name value`` lines for every ``key`` value."""
     out = [header]
+    add = out.append
     for f, d in zip(inp.files, inp.data):
-        for v in (d.aliases if key == b"alias" else d.values(key)):
-            out.append(b" ".join((key, f.name, v) if name_first else (key, v, f.name)) + b"\n")
+        values = d.aliases if key == b"alias" else d.values(key)
+        if not values:
+            continue
+        # all of a module's lines at once: its values joined by what ends one line and
+        # starts the next
+        if name_first:
+            head = key + b" " + f.name + b" "
+            add(head + (b"\n" + head).join(values) + b"\n")
+        else:
+            tail = b" " + f.name + b"\n"
+            add(key + b" " + (tail + key + b" ").join(values) + tail)
     return b"".join(out)
 
 
