@@ -80,10 +80,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """
     if argv is None:
         _defer_imports(DEFERRED)
-        from moddep.diag import leave_fast
+        from moddep.diag import leave_fast, reap_children
 
         leave_fast()
-        code = _command(sys.argv)
+        try:
+            code = _command(sys.argv)
+        finally:
+            reap_children()  # children finishing their own work (e.g. the cache)
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()

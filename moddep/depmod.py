@@ -300,20 +300,26 @@ def compute(req: Request, source: ModuleSource, log: Optional[Log] = None) -> Re
         mark("resolved")
         out = generate(inputs._replace(model=model), [o for o in todo if o.resolved])
         mark("outputs needing the model")
-        # the cache's copy of the module data: half of it here, half (and its index and
-        # the files' keys) in the other half, which has less to do
-        loaded.store(0)
         return model, out
 
     def without_model() -> tuple[None, list[tuple[str, bytes, list[Message]]]]:
         out = generate(inputs, [o for o in todo if not o.resolved])
         mark("outputs without the model")
+        return None, out
+
+    def store_with_model() -> None:
+        loaded.store(0)
+
+    def store_without_model() -> None:
         loaded.store_keys()
         loaded.store_index()
         loaded.store(1)
-        return None, out
 
-    (model, first), (_none, second) = fork_join([with_model, without_model], source.jobs)
+    # The cache's copy of the module data is written after each half has handed over its
+    # outputs: half of it by each (and its index and the files' keys by the half without
+    # the model, which has less to do), while this process goes on to publish.
+    (model, first), (_none, second) = fork_join([with_model, without_model], source.jobs,
+                                                [store_with_model, store_without_model])
     mark("outputs")
     log.messages.extend(resolved_log.messages)
     log.stdout.extend(resolved_log.stdout)

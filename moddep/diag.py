@@ -104,3 +104,33 @@ def leave_fast() -> None:
     """Declare that the process ends with ``os._exit`` once the command returns."""
     global _kept_until_exit
     _kept_until_exit = []
+
+
+# child processes still finishing work of their own (e.g. writing the cache) when the
+# process leaves with os._exit, waited for then (:func:`reap_children`)
+_to_reap: list[int] = []
+
+
+def reap_before_exit(pid: int) -> None:
+    """Wait for child ``pid`` when the process leaves with ``os._exit`` (so that nothing it
+    started outlives it), or now when it will not."""
+    import os
+
+    if _kept_until_exit is not None:
+        _to_reap.append(pid)
+        return
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
+def reap_children() -> None:
+    """Wait for the children :func:`reap_before_exit` was given."""
+    import os
+
+    while _to_reap:
+        try:
+            os.waitpid(_to_reap.pop(), 0)
+        except ChildProcessError:
+            pass

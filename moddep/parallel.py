@@ -397,15 +397,29 @@ def extract_all(paths: Sequence[bytes], jobs: Optional[int] = None,
     return ModuleSource(jobs, None, limit).extract(paths)
 
 
-def fork_join(tasks: Sequence[Callable[[], T]], jobs: int) -> list[T]:
+def fork_join(tasks: Sequence[Callable[[], T]], jobs: int,
+              then: Optional[Sequence[Optional[Callable[[], object]]]] = None) -> list[T]:
     """Run ``tasks`` and return their results in order, using up to ``jobs`` processes.
 
     The parent runs the first share itself; each forked child runs its share on the memory
     it inherited and sends the results back pickled. An exception in a child is re-raised here.
+
+    ``then[i]``, if given, runs after task ``i`` in the same process, once its result has been
+    handed over (work whose outcome nobody waits for, such as writing a cache): a child goes
+    on with it while the parent carries on. The parent waits for its children only when the
+    process leaves (:func:`moddep.diag.reap_before_exit`), or at once when called as a
+    library.
     """
+    after = list(then) if then is not None else [None] * len(tasks)
     if jobs <= 1 or len(tasks) <= 1 or not hasattr(os, "fork"):
-        return [t() for t in tasks]
+        done = [t() for t in tasks]
+        for follow in after:
+            if follow is not None:
+                follow()
+        return done
     import pickle
+
+    from moddep.diag import reap_before_exit
 
     nproc = min(jobs, len(tasks))
     shares = [list(range(i, len(tasks), nproc)) for i in range(nproc)]
@@ -417,27 +431,39 @@ def fork_join(tasks: Sequence[Callable[[], T]], jobs: int) -> list[T]:
         if pid == 0:  # child
             os.close(rfd)
             try:
-                payload: object = ("ok", [tasks[i]() for i in share])
-            except BaseException as e:  # noqa: BLE001 - sent to the parent
-                payload = ("error", e)
-            try:
+                try:
+                    payload: object = ("ok", [tasks[i]() for i in share])
+                except BaseException as e:  # noqa: BLE001 - sent to the parent
+                    payload = ("error", e)
                 with os.fdopen(wfd, "wb") as w:
                     pickle.dump(payload, w, protocol=pickle.HIGHEST_PROTOCOL)
+                if payload[0] == "ok":  # type: ignore[index]
+                    for i in share:
+                        follow = after[i]
+                        if follow is not None:
+                            follow()
             finally:
                 os._exit(0)
         os.close(wfd)
         children.append((pid, rfd, share))
     results: list[Optional[T]] = [None] * len(tasks)
-    for i in shares[0]:
-        results[i] = tasks[i]()
-    for pid, rfd, share in children:
-        with os.fdopen(rfd, "rb") as r:
-            kind, value = pickle.load(r)
-        os.waitpid(pid, 0)
-        if kind == "error":
-            raise value
-        for i, v in zip(share, value):
-            results[i] = v
+    try:
+        for i in shares[0]:
+            results[i] = tasks[i]()
+        for _pid, rfd, share in children:
+            with os.fdopen(rfd, "rb") as r:
+                kind, value = pickle.load(r)
+            if kind == "error":
+                raise value
+            for i, v in zip(share, value):
+                results[i] = v
+        for i in shares[0]:
+            follow = after[i]
+            if follow is not None:
+                follow()
+    finally:
+        for pid, _rfd, _share in children:
+            reap_before_exit(pid)
     return results  # type: ignore[return-value]
 
 

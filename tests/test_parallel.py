@@ -162,3 +162,42 @@ def test_a_worker_dying_without_results_is_an_error() -> None:
 
     with pytest.raises(RuntimeError, match="ended without its results"):
         map_files(die_in_child, [b"x"] * 1000, 2)
+
+
+def test_fork_join_then_runs_after_the_hand_over(tmp_path: Path) -> None:
+    """``then`` work runs in the process that ran the task, after its result was handed
+    over; as a library the children are waited for before fork_join returns."""
+    from moddep.parallel import fork_join
+
+    def mark(name: str) -> None:
+        (tmp_path / f"{name}-{os.getpid()}").touch()
+
+    out = fork_join([lambda: os.getpid(), lambda: os.getpid()], 2,
+                    [lambda: mark("a"), lambda: mark("b")])
+    assert out[0] == os.getpid() and out[1] != os.getpid()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f"a-{out[0]}", f"b-{out[1]}"])
+    assert fork_join([lambda: 1, lambda: 2], 1, [None, lambda: mark("c")]) == [1, 2]
+    assert (tmp_path / f"c-{os.getpid()}").exists()
+
+
+def test_fork_join_leaves_then_work_to_finish_before_exit(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         ) -> None:
+    """In a process that leaves with os._exit, fork_join returns as soon as the results are
+    in; the children's ``then`` work is waited for by reap_children (before leaving)."""
+    from moddep import diag
+    from moddep.parallel import fork_join
+
+    monkeypatch.setattr(diag, "_kept_until_exit", [])
+    done = tmp_path / "done"
+
+    def slow_store() -> None:
+        time.sleep(0.5)
+        done.touch()
+
+    start = time.monotonic()
+    assert fork_join([lambda: 1, lambda: 2], 2, [None, slow_store]) == [1, 2]
+    assert time.monotonic() - start < 0.45 and not done.exists()
+    diag.reap_children()
+    assert done.exists()
