@@ -239,19 +239,21 @@ def compute(req: Request, source: ModuleSource, log: Optional[Log] = None) -> Re
                                          "modules.builtin.modinfo", moddir_fs, root)
     mark("discovered")
 
-    def arrange() -> tuple[list[ModuleFile], Log]:
-        """The module array (and the messages sorting it gave), for a run that computes its
-        outputs: ready by the end of the extraction pass when it runs beside it."""
+    def arrange() -> tuple[list[ModuleFile], list[int], Log]:
+        """The module array, where each of its modules is in ``files``, and the messages
+        sorting it gave, for a run that computes its outputs: ready by the end of the
+        extraction pass when it runs beside it."""
         from moddep.graph import module_order
 
         order_log = Log()
         ordered = module_order({f.name: f for f in files}, order,
                                fs(moddir_fs) + "/modules.order", req.gen, order_log)
+        position = {m.name: i for i, m in enumerate(files)}
         import moddep.index.outputs  # noqa: F401 - the outputs' import, done beside too
 
-        return ordered, order_log
+        return ordered, [position[m.name] for m in ordered], order_log
 
-    arranged: list[tuple[list[ModuleFile], Log]] = []
+    arranged: list[tuple[list[ModuleFile], list[int], Log]] = []
     loaded = source.load(moddir_fs, [m.fspath for m in files],
                          lambda: arranged.append(arrange()))
     keys = loaded.keys
@@ -278,11 +280,9 @@ def compute(req: Request, source: ModuleSource, log: Optional[Log] = None) -> Re
     from moddep.graph import resolve
     from moddep.index.outputs import Inputs, generate, wanted
 
-    ordered, order_log = arranged[0] if arranged else arrange()
+    ordered, where, order_log = arranged[0] if arranged else arrange()
     log.messages.extend(order_log.messages)
-    position = {m.name: i for i, m in enumerate(files)}
-    by_file = loaded.data()
-    data = [by_file[position[m.name]] for m in ordered]
+    data = list(map(loaded.data().__getitem__, where))
     mark("data")
     for m, d in zip(ordered, data):
         if d.error is not None:
