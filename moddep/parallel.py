@@ -235,7 +235,7 @@ class Loaded:
                  seen: Optional[Seen] = None) -> None:
         self.source = source
         self.seen = seen  # the files' stat identities and keys, unless the cache has them
-        self.packed = packed or PackIndex()  # where the data of earlier runs is
+        self.packed = packed  # where the data of earlier runs is (None: not read yet)
         self.layouts = layouts or {}  # layouts learnt by this run's extraction
         self.moddir = moddir
         self.paths = paths
@@ -252,6 +252,8 @@ class Loaded:
         cache = self.source.cache
         keys = self.keys
         if missing and cache is not None and keys is not None:
+            if self.packed is None:
+                self.packed = cache.pack_index()
             where = self.packed.where
             pack = cache.load_packs(where[keys[i]] for i in missing if keys[i] in where)
             for i in missing:
@@ -330,7 +332,7 @@ class ModuleSource:
             return Loaded(self, moddir, paths, None, list(self.extract(paths, prepare)))
         known = cache.known_keys(moddir)
         side = None if known else prepare
-        packed = cache.pack_index()
+        packed: Optional[PackIndex] = None  # read only if some file must be read (not a re-run)
         limit = self.limit
 
         def identity(path: bytes) -> tuple[tuple[int, ...], Optional[bytes]]:
@@ -354,6 +356,7 @@ class ModuleSource:
                 ident, k = identity(path)
                 if k is not None:
                     return k, None, None, b"", ident
+            assert packed is not None  # (read before the pass)
             return read_keyed(path, limit, packed)  # (a path never seen: no stat first)
 
         total = len(paths)
@@ -375,6 +378,7 @@ class ModuleSource:
                 todo.append(i)
         layouts: dict[bytes, tuple[int, ...]] = {}
         if todo:
+            packed = cache.pack_index()
             # file sizes, as the last run saw them, put the big files first
             weights = [hit[0][2] if hit is not None and hit[0] else 0
                        for hit in map(known.get, (paths[i] for i in todo))] if known else None
