@@ -482,6 +482,17 @@ class ElfModule:
         vnames, vcrcs = self.versions()
         if not vnames:
             return names, weak, [0] * len(names)
+        crc_of = dict(zip(vnames, vcrcs))
+        if len(crc_of) == len(vnames):
+            # Distinct records (the usual case): each name takes its record out, and what
+            # is left, in section order, are the records no name matched. Valid only when
+            # every name found one: a name without a record, or one listed twice (the
+            # second finds its record gone), takes the general way below.
+            taken = list(map(crc_of.pop, names, repeat(_NO_RECORD, len(names))))
+            if _NO_RECORD not in taken:
+                names += crc_of
+                weak += bytes(len(crc_of))
+                return names, weak, taken + list(crc_of.values())
         # the first record of each name counts: built from the end so the earliest wins
         crc_of = dict(zip(reversed(vnames), reversed(vcrcs)))
         crcs = list(map(crc_of.get, names, repeat(0, len(names))))
@@ -500,6 +511,7 @@ class ElfModule:
         return names, weak, crcs
 
 
+_NO_RECORD = -1  # (CRCs are unsigned)
 _NUL_TO_BLANK = bytes([0x20]) + bytes(range(1, 256))
 _BLANKS = b" \t\n\r\x0b\x0c"  # what bytes.split() splits on besides the NULs made blanks
 

@@ -82,6 +82,44 @@ def test_crcs_read_word_by_word_when_not_all_whole_words_in_one_section(bits: in
     assert got == ([b"a", b"b", b"x", b"y"], [0x11223344, 0x55667788, 0x55667788, 9])
 
 
+def _expected_undefined(und: list[tuple[bytes, bool]], versions: list[tuple[bytes, int]],
+                        ) -> tuple[list[bytes], bytes, list[int]]:
+    """The rule, plainly: symtab order, each with the CRC of the first record of its name (0
+    without one); then every record not the first of a name some symbol has, in order."""
+    first: dict[bytes, int] = {}
+    for k, (n, _crc) in enumerate(versions):
+        first.setdefault(n, k)
+    names = [n for n, _w in und]
+    used = {first[n] for n in names if n in first}
+    extra = [k for k in range(len(versions)) if k not in used]
+    return (names + [versions[k][0] for k in extra],
+            bytes(int(w) for _n, w in und) + bytes(len(extra)),
+            [versions[first[n]][1] if n in first else 0 for n in names]
+            + [versions[k][1] for k in extra])
+
+
+@variants
+@pytest.mark.parametrize("und,versions", [
+    # every name has one record, extras before, between and after them
+    ([(b"a", False), (b"b", True), (b"c", False)],
+     [(b"x", 1), (b"c", 2), (b"y", 3), (b"a", 4), (b"b", 5), (b"z", 6)]),
+    # a name without a record
+    ([(b"a", False), (b"nover", False), (b"b", False)], [(b"b", 7), (b"a", 8), (b"x", 9)]),
+    # a name twice in .symtab
+    ([(b"a", False), (b"b", False), (b"a", True)], [(b"a", 1), (b"b", 2), (b"m", 3)]),
+    # a record twice
+    ([(b"a", False), (b"b", False)], [(b"b", 1), (b"a", 2), (b"b", 3)]),
+    # no name matches
+    ([(b"a", False)], [(b"x", 1), (b"y", 2)]),
+])
+def test_undefined_symbols_match_versions_by_the_rule(bits: int, big: bool,
+                                                      und: list[tuple[bytes, bool]],
+                                                      versions: list[tuple[bytes, int]]) -> None:
+    m = Module(bits=bits, big=big, undefined=und, versions=versions)
+    names, weak, crcs = ElfModule(m.build()).undefined_symbols()
+    assert (names, weak, crcs) == _expected_undefined(und, versions)
+
+
 @variants
 def test_undefined_symbols_order_weak_and_versions(bits: int, big: bool) -> None:
     m = Module(bits=bits, big=big, undefined=[(b"printk", False), (b"maybe", True),
