@@ -81,6 +81,9 @@ def content_key(layout: hashlib._Hash, elf: ElfModule, sections: tuple[int, ...]
     give a key nothing is stored under.
     """
     h = layout.copy()
+    if not sections:  # (most modules export nothing)
+        h.update(_NO_CRC_HEAD)
+        return h.digest()
     ranges = [elf.section_range(i) for i in sections]
     h.update(_crc_head(sections, ranges))
     read = elf.read
@@ -102,6 +105,9 @@ def _layout_head(limit: int, size: int, ranges: Sequence[tuple[int, int]],
 def _crc_head(sections: Sequence[int], ranges: Sequence[tuple[int, int]]) -> bytes:
     return b"crc %d:" % len(sections) + \
         array("Q", chain(sections, chain.from_iterable(ranges))).tobytes()
+
+
+_NO_CRC_HEAD = _crc_head((), ())
 
 
 def recipe(elf: ElfModule, sections: tuple[int, ...]) -> bytes:

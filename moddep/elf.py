@@ -55,6 +55,9 @@ _SYMCOLS = {ELFCLASS64: (0, 3, 4, 8), ELFCLASS32: (0, 7, 12, 4)}
 # cache key takes them
 _DEPMOD_SECTIONS = (b".symtab", b".strtab", b".modinfo", b"__versions", b"__ksymtab_strings")
 _NO_CRCS: tuple[list[int], array, array] = ([], array("I"), array("H"))
+# bytes read before the section header table with it, for the section name table (all of the
+# Debian tree's, 0.9 KiB at most, end within 8 bytes of it)
+_NAMES_BEFORE_TABLE = 2048
 _NATIVE_U32 = struct.Struct("=I")
 _EHDR_STRUCTS = {(cls, enc): struct.Struct((">" if enc == ELFDATA2MSB else "<") + fmt)
                  for cls, fmt in _EHDR.items() for enc in (ELFDATA2LSB, ELFDATA2MSB)}
@@ -121,8 +124,12 @@ class ElfModule:
                 f"the file ({size} bytes)", path)
         if shstrndx >= shnum:
             raise ElfError(f"section name table index {shstrndx} >= {shnum} sections", path)
+        # The section name table usually ends just before the section header table (the
+        # linker writes them last): one read takes both when it lies in the bytes before.
+        before = min(shoff, _NAMES_BEFORE_TABLE)
+        block = read(shoff - before, before + shnum * shentsize)
         (self._sh_name, self._sh_type, self._sh_flags, self._sh_off,
-         self._sh_size) = section_table_columns(read(shoff, shnum * shentsize), cls, big)
+         self._sh_size) = section_table_columns(block[before:], cls, big)
         self._shnum = shnum
         self._shstrndx = shstrndx
         self._ehdr_size = ehdr.size
@@ -134,7 +141,15 @@ class ElfModule:
         self._symtab_cache: Optional[tuple[bytes, int, bytes]] = None
         str_off, str_size = self._sh_off[shstrndx], self._sh_size[shstrndx]
         self._check_range(str_off, str_size, "section name table")
-        self._shstrtab = shstrtab = read(str_off, str_size)
+        start = str_off - (shoff - before)
+        if 0 <= start and str_off + str_size <= shoff:
+            shstrtab = block[start:start + str_size]
+            keep = getattr(data, "keep", None)
+            if keep is not None:  # (the cache key reads it again)
+                keep(str_off, shstrtab)
+        else:
+            shstrtab = read(str_off, str_size)
+        self._shstrtab = shstrtab
         if str_size == 0 or shstrtab[-1] != 0:
             raise ElfError("section name table is empty or not NUL-terminated", path)
         self._shstr_range = (str_off, str_size)

@@ -66,6 +66,10 @@ class FileImage:
             raise ValueError("FileImage slices are contiguous")
         return self.range(start, stop - start)
 
+    def keep(self, offset: int, data: bytes) -> None:
+        """Hold ``data`` as the bytes at ``offset`` (cut from a larger range already read)."""
+        self._read[(offset, len(data))] = data
+
     def range(self, offset: int, size: int) -> bytes:
         """``size`` bytes at ``offset`` (fewer at the end of the file)."""
         if size <= 0 or offset >= self.size:
