@@ -282,3 +282,32 @@ def test_module_data_values_follow_modinfo_strings() -> None:
         for key in (b"alias", b"softdep", b"license", b"x"):
             pattern = b"(?:^|\\0)" + re.escape(key) + b"=([^\\0]*)"
             assert d.values(key) == re.findall(pattern, raw), (raw, key)
+
+
+@variants
+def test_section_name_table_read_with_or_apart_from_the_header_table(bits: int, big: bool,
+                                                                     tmp_path: Path) -> None:
+    """The section name table is taken from the read of the section header table when it
+    lies just before it, else read on its own: the same sections either way."""
+    image = Module(bits=bits, big=big, exports=[(b"foo", 1)], modinfo=[(b"alias", b"x")],
+                   undefined=[(b"printk", False)]).build()
+    near = ElfModule(image)
+    endian = "big" if big else "little"
+    at, width = (0x28, 8) if bits == 64 else (0x20, 4)  # e_shoff
+    shoff = int.from_bytes(image[at:at + width], endian)
+    table = image[shoff:shoff + near.section_count * (64 if bits == 64 else 40)]
+    moved = bytearray(image + bytes(5000) + table)
+    moved[at:at + width] = (len(image) + 5000).to_bytes(width, endian)
+    far = ElfModule(bytes(moved))
+    for elf in (near, far):
+        assert elf.section_names() == near.section_names()
+        assert elf.exported_symbols() == ([b"foo"], [1])
+        assert elf.modinfo_raw() == near.modinfo_raw()
+    str_off, str_size = near._shstr_range
+    assert 0 <= shoff - (str_off + str_size) < 64  # (the usual layout: taken with the table)
+    for path_image in (image, bytes(moved)):
+        assert parse_image(path_image) == parse_image(image)
+        on_disk = tmp_path / "m.ko"
+        on_disk.write_bytes(path_image)  # read through FileImage, keyed for the cache
+        key, data, _layout, _how, _ident = read_keyed(bytes(on_disk), known=PackIndex())
+        assert data == parse_image(image) and len(key) == 32
