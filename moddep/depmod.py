@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-from itertools import chain
 from operator import attrgetter
 from typing import TYPE_CHECKING, NamedTuple, Optional
 
@@ -265,8 +264,10 @@ def compute(req: Request, source: ModuleSource, log: Optional[Log] = None) -> Re
                                             req.warn_dups, req.verbose, req.text_only,
                                             req.host_config),
                  kernel_raw, _opt(order), _opt(builtin), _opt(builtin_modinfo)]
-        parts += chain.from_iterable(zip(map(_KPATH, files),
-                                         [m.relpath or b"\0" for m in files], keys))
+        # each file's path, relative path and key, column by column (paths hold no NUL, so
+        # NUL-separated they split one way only; every key is a 32-byte digest)
+        parts += [b"\0".join(map(_KPATH, files)),
+                  b"\0".join([m.relpath or b"\1" for m in files]), b"".join(keys)]
         rkey = run_key(parts)
         hit = source.cache.load_run(rkey)
         if hit is not None:
