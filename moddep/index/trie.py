@@ -279,16 +279,22 @@ def encode(entries: Iterable[Entry], layout: str = "pre") -> bytes:
     with _gc_paused():
         # Each key's values, ordered by kmod's insertion rule: a new value goes before the
         # first value whose priority is >= its own.
-        groups: Dict[bytes, List[Tuple[int, bytes]]] = {}
-        for key, value, priority in items:
-            existing = groups.get(key)
+        # A key seen once keeps its entry itself (the usual case: no list, no pair).
+        groups: Dict[bytes, Any] = {}
+        get = groups.get
+        for entry in items:
+            key = entry[0]
+            existing = get(key)
             if existing is None:
-                groups[key] = [(priority, value)]
-            else:
-                i = 0
-                while i < len(existing) and existing[i][0] < priority:
-                    i += 1
-                existing.insert(i, (priority, value))
+                groups[key] = entry
+                continue
+            if existing.__class__ is not list:
+                existing = groups[key] = [(existing[2], existing[1])]
+            priority = entry[2]
+            i = 0
+            while i < len(existing) and existing[i][0] < priority:
+                i += 1
+            existing.insert(i, (priority, entry[1]))
         return _encode_groups(groups, layout)
 
 
@@ -306,16 +312,17 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _encode_groups(groups: Dict[bytes, List[Tuple[int, bytes]]], layout: str) -> bytes:
-    """Encode the value lists of distinct keys (already ordered) in the given layout."""
+def _encode_groups(groups: Dict[bytes, Any], layout: str) -> bytes:
+    """Encode the values of distinct keys in the given layout: a key's single entry
+    (key, value, priority), or its (priority, value) list already ordered."""
     keys = sorted(groups)
     # (a key's single value, the usual case, inline: a call per key is a tenth of the time)
     pack_one = _II.pack
-    blobs = [pack_one(1, values[0][0]) + values[0][1] + b"\0" if len(values) == 1
-             else _values_blob(values) for values in map(groups.__getitem__, keys)]
+    blobs = [pack_one(1, got[2]) + got[1] + b"\0" if got.__class__ is not list
+             else _values_blob(got) for got in map(groups.__getitem__, keys)]
     # Keys as big-endian integers, to find common prefixes by XOR (keys have no NUL, so
     # padding the shorter key with zero bytes makes it differ right where it ends).
-    numbers = [int.from_bytes(k, "big") for k in keys]
+    from_bytes = int.from_bytes
 
     # Build the canonical trie in one pass over the sorted keys, keeping the path to the
     # previous key on a stack. A key that first differs from the previous one at `depth`
@@ -323,9 +330,10 @@ def _encode_groups(groups: Dict[bytes, List[Tuple[int, bytes]]], layout: str) ->
     # hangs a new leaf off the node ending at `depth`. Nodes close children first, in
     # ascending order: that is post-order.
     # A node is a list: [0] start and [1] end of its prefix within key number [2] (the edge
-    # character leading to the node is at start - 1), [3] value blob, [4] children as
-    # (character, node) ascending, then, once sized, [5] encoded size, [6] size of its
-    # subtree, [7] flags and [8] offset.
+    # character leading to the node is at start - 1 of that key), [3] value blob, [4] its
+    # children in ascending order (None for none yet), then, once sized, [5] encoded size,
+    # [6] size of its subtree, [7] flags and [8] offset. (As few objects as that: a tree of
+    # 26000 keys is ~10^5 of them, and their memory is most of the encoder's.)
     post: List[List[Any]] = []
     close = post.append
     root: List[Any] = [0, 0, 0, b"", [], 0, 0, 0, 0]
@@ -339,7 +347,7 @@ def _encode_groups(groups: Dict[bytes, List[Tuple[int, bytes]]], layout: str) ->
     for i in range(first, len(keys)):
         key = keys[i]
         key_len = len(key)
-        number = numbers[i]
+        number = from_bytes(key, "big")
         if key_len >= prev_len:
             width = key_len
             diff = number ^ (prev_number << ((key_len - prev_len) << 3))
@@ -357,15 +365,18 @@ def _encode_groups(groups: Dict[bytes, List[Tuple[int, bytes]]], layout: str) ->
                 top = stack[-1]
             if top[1] < depth:
                 # `depth` falls inside last's prefix: a new node takes over its start.
-                mid: List[Any] = [last[0], depth, i, b"", [(keys[i - 1][depth], last)],
-                                  0, 0, 0, 0]
+                mid: List[Any] = [last[0], depth, i, b"", [last], 0, 0, 0, 0]
                 last[0] = depth + 1
-                top[4][-1] = (top[4][-1][0], mid)
+                top[4][-1] = mid
                 stack.append(mid)
                 top = mid
             close(last)
-        leaf: List[Any] = [depth + 1, key_len, i, blobs[i], [], 0, 0, 0, 0]
-        top[4].append((key[depth], leaf))
+        leaf: List[Any] = [depth + 1, key_len, i, blobs[i], None, 0, 0, 0, 0]
+        kids = top[4]
+        if kids is None:
+            top[4] = [leaf]
+        else:
+            kids.append(leaf)
         stack.append(leaf)
         prev_len = key_len
         prev_number = number
@@ -381,10 +392,11 @@ def _encode_groups(groups: Dict[bytes, List[Tuple[int, bytes]]], layout: str) ->
             size += end - start + 1
             flags |= FLAG_PREFIX
         if children:
-            size += 2 + 4 * (children[-1][0] - children[0][0] + 1)
+            low, high = children[0], children[-1]
+            size += 2 + 4 * (keys[high[2]][high[0] - 1] - keys[low[2]][low[0] - 1] + 1)
             flags |= FLAG_CHILDREN
             total = size
-            for _, child in children:
+            for child in children:
                 total += child[6]
             node[6] = total
         else:
@@ -402,10 +414,12 @@ def _encode_groups(groups: Dict[bytes, List[Tuple[int, bytes]]], layout: str) ->
     else:
         root[8] = HEADER_SIZE
         for node in reversed(post):  # parents before their children
-            offset = node[8] + node[5]
-            for _, child in node[4]:
-                child[8] = offset
-                offset += child[6]
+            children = node[4]
+            if children:
+                offset = node[8] + node[5]
+                for child in children:
+                    child[8] = offset
+                    offset += child[6]
     total = root[6] + HEADER_SIZE
     if total - 1 > OFFSET_MASK:
         raise IndexFormatError(
@@ -424,10 +438,11 @@ def _encode_groups(groups: Dict[bytes, List[Tuple[int, bytes]]], layout: str) ->
         if end > start:
             add(keys[index][start:end] + b"\0")
         if children:
-            low = children[0][0]
-            high = children[-1][0]
+            chars = [keys[child[2]][child[0] - 1] for child in children]
+            low = chars[0]
+            high = chars[-1]
             refs = [0] * (high - low + 1)
-            for ch, child in children:
+            for ch, child in zip(chars, children):
                 refs[ch - low] = child[8] | child[7]
             add(bytes((low, high)) + tables[len(refs)].pack(*refs))
         add(blob)
