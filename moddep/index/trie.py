@@ -431,12 +431,12 @@ def _encode_groups(groups: Dict[bytes, Any], layout: str) -> bytes:
     # offset) for kmod >= 34.
     if layout != "post":
         post.sort(key=_ninth)
-    pieces = [_HEADER.pack(MAGIC, VERSION, root[8] | root[7])]
-    add = pieces.append
+    out = bytearray(_HEADER.pack(MAGIC, VERSION, root[8] | root[7]))
     tables = _REF_TABLES
     for start, end, index, blob, children, _, _, _, _ in post:
         if end > start:
-            add(keys[index][start:end] + b"\0")
+            out += keys[index][start:end]
+            out.append(0)
         if children:
             chars = [keys[child[2]][child[0] - 1] for child in children]
             low = chars[0]
@@ -444,9 +444,11 @@ def _encode_groups(groups: Dict[bytes, Any], layout: str) -> bytes:
             refs = [0] * (high - low + 1)
             for ch, child in zip(chars, children):
                 refs[ch - low] = child[8] | child[7]
-            add(bytes((low, high)) + tables[len(refs)].pack(*refs))
-        add(blob)
-    return b"".join(pieces)
+            out.append(low)
+            out.append(high)
+            out += tables[len(refs)].pack(*refs)
+        out += blob
+    return bytes(out)
 
 
 # --- reader ----------------------------------------------------------------------------------
