@@ -6,8 +6,7 @@ return the :class:`DepModel` every index writer reads.
 
 from __future__ import annotations
 
-import operator
-from itertools import compress, repeat
+from itertools import repeat
 from typing import NamedTuple, Optional, Sequence
 
 from moddep import kmodhash
@@ -125,36 +124,42 @@ class DepModel:
         return [f.name for f in self.files]
 
 
-_OWNER = operator.itemgetter(0)
-
-
 def resolve(files: Sequence[ModuleFile], data: Sequence[ModuleData], *,
             kernel: Optional[KernelSymbols], prefix: bytes, errsyms: bool,
             verbose: bool, log: Log) -> DepModel:
     """Symbol ownership, dependency edges, topological order and closures."""
     n = len(files)
-    # name -> (owner index or -1 for the kernel, crc); a later hash_add replaces.
-    table: dict[bytes, tuple[int, int]] = {}
+    # name -> owner index or -1 for the kernel (a later hash_add replaces); the CRCs beside,
+    # only when they are compared
+    check = kernel is not None and kernel.check_crcs and errsyms
+    owner_of: dict[bytes, int] = {}
+    crc_of: dict[bytes, int] = {}
     if kernel is not None:
-        for name, crc in kernel.crcs.items():
-            table[name] = (-1, crc)
+        owner_of.update(dict.fromkeys(kernel.crcs, -1))
+        if check:
+            crc_of.update(kernel.crcs)
         for fake in FAKE_SYMBOLS:
-            table[fake] = (-1, 0)
-        table.setdefault(b"TOC.", (-1, 0))
+            owner_of[fake] = -1
+            crc_of[fake] = 0
+        if b"TOC." not in owner_of:
+            owner_of[b"TOC."] = -1
+            crc_of[b"TOC."] = 0
     plen = len(prefix)
     for i, d in enumerate(data):
         if not plen:
-            table.update(zip(d.exports, zip(repeat(i), d.export_crcs)))
+            owner_of.update(zip(d.exports, repeat(i)))
+            if check:
+                crc_of.update(zip(d.exports, d.export_crcs))
             continue
         for name, crc in zip(d.exports, d.export_crcs):
             if name.startswith(prefix):
                 name = name[plen:]
-            table[name] = (i, crc)
+            owner_of[name] = i
+            crc_of[name] = crc
 
     deps: list[list[int]] = []
     users = [0] * n
-    check = kernel is not None and kernel.check_crcs and errsyms
-    get = table.get
+    get = owner_of.get
     for i, d in enumerate(data):
         # split here rather than through d.undefined: the names are fresh objects, dropped
         # after this module, instead of a cached tuple whose thousands of names every later
@@ -164,33 +169,37 @@ def resolve(files: Sequence[ModuleFile], data: Sequence[ModuleData], *,
         keys: Sequence[bytes] = und
         if plen or blob[:1] == b"." or b"\0." in blob:
             keys = [_lookup_key(k, prefix) for k in und]
-        hits = list(map(get, keys))
-        if errsyms:
-            weak = d.undefined_weak
-            for j in compress(range(len(hits)), map(operator.not_, hits)):
-                if not weak[j]:
-                    log.warning(f"{fs(files[i].fspath)} needs unknown symbol {fs(und[j])}")
-            if check:
-                for j in compress(range(len(hits)), hits):
-                    if hits[j][1] != d.undefined_crcs[j] and not d.undefined_weak[j]:  # type: ignore[index]
-                        log.warning(f"{fs(files[i].fspath)} disagrees about version of "
-                                    f"symbol {fs(und[j])}")
-        # providers in first-use order (kmod adds a dependency once, on its first symbol)
-        owners = list(map(_OWNER, filter(None, hits)))
-        mine = [o for o in dict.fromkeys(owners) if o >= 0]
+        if not (errsyms or verbose):
+            # providers in first-use order (kmod adds a dependency once, on its first symbol)
+            mine = [o for o in dict.fromkeys(map(get, keys)) if o is not None and o >= 0]
+        else:
+            hits = list(map(get, keys))
+            found = [j for j, o in enumerate(hits) if o is not None]
+            if errsyms:
+                weak = d.undefined_weak
+                for j, o in enumerate(hits):
+                    if o is None and not weak[j]:
+                        log.warning(f"{fs(files[i].fspath)} needs unknown symbol {fs(und[j])}")
+                if check:
+                    for j in found:
+                        if crc_of[keys[j]] != d.undefined_crcs[j] and not weak[j]:
+                            log.warning(f"{fs(files[i].fspath)} disagrees about version of "
+                                        f"symbol {fs(und[j])}")
+            owners = [o for o in hits if o is not None]
+            mine = [o for o in dict.fromkeys(owners) if o >= 0]
+            if verbose:
+                first = dict(zip(reversed(owners), reversed(found)))
+                for o in mine:
+                    log.show(b'%s needs "%s": %s\n' % (files[i].fspath, keys[first[o]],
+                                                       files[o].fspath))
         deps.append(mine)
         for o in mine:
             users[o] += 1
-        if verbose:
-            first = dict(zip(reversed(owners), reversed(list(compress(range(len(hits)), hits)))))
-            for o in mine:
-                log.show(b'%s needs "%s": %s\n' % (files[i].fspath, keys[first[o]],
-                                                   files[o].fspath))
 
     dep_order = _toposort(deps, users, files, log)
     sorted_deps = tuple(tuple(sorted(ds, key=dep_order.__getitem__)) for ds in deps)
     closure = _closures(sorted_deps, dep_order)
-    owned_all = [(name, owner) for name, (owner, _crc) in table.items() if owner >= 0]
+    owned_all = [(name, owner) for name, owner in owner_of.items() if owner >= 0]
     owned = [owned_all[i] for i in kmodhash.order([n for n, _o in owned_all], SYMBOL_BUCKETS)]
     return DepModel(tuple(files), tuple(data), sorted_deps, closure, tuple(owned), prefix)
 

@@ -302,3 +302,24 @@ def test_module_alias_brackets_and_dashes(tmp_path: Path, kv: int) -> None:
                     b"no_brackets_here", b"[x-y]"}
     assert b"alias bad[-open m_a\n" in ours.files["modules.alias"]
     same_files(ours, theirs)
+
+
+@KMODS
+def test_verbose_needs_lines_in_first_use_order(tmp_path: Path, kv: int) -> None:
+    """-v prints one line per (user, provider), at the user's first symbol from it, in the
+    order the user first needs each provider."""
+    modules = {
+        "kernel/a/pa.ko": mod(exports=[b"a1", b"a2"]),
+        "kernel/b/pb.ko": mod(exports=[b"b1"]),
+        "kernel/c/pc.ko": mod(exports=[b"c1"], needs=[b"a2"]),
+        "kernel/u/user.ko": mod(needs=[b"b1", b"a2", b"nowhere", b"a1", b"c1", b"b1"]),
+    }
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    ours, theirs = both(tmp_path, kv, modules, "-C", str(conf), "-v")
+    lines = [line for line in ours.stdout.splitlines() if b" needs " in line]
+    user = [line for line in lines if b"user.ko needs" in line]
+    assert [line.split(b'"')[1] for line in user] == [b"b1", b"a2", b"c1"]
+    assert ours.stdout.replace(bytes(tmp_path / "a"), b"ROOT") == \
+        theirs.stdout.replace(bytes(tmp_path / "b"), b"ROOT")
+    same_files(ours, theirs)
