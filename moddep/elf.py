@@ -416,7 +416,7 @@ class ElfModule:
         section (as the kernel places CRCs); None otherwise."""
         if index in (SHN_UNDEF, SHN_ABS):
             return offsets
-        if index >= self._shnum or any(map(_LOW_TWO_BITS.__and__, offsets)):
+        if index >= self._shnum or any(map(_MISALIGNMENT, offsets)):
             return None
         section = self._section_cache.get(index)
         if section is None:
@@ -424,7 +424,7 @@ class ElfModule:
         if max(offsets) + 4 > len(section):
             return None
         words = self._words(section[:len(section) & ~3], "I")
-        return list(map(words.__getitem__, map(_TWO.__rrshift__, offsets)))
+        return list(map(words.__getitem__, map(_WORD_INDEX, offsets)))
 
     def _section_word(self, index: int, offset: int) -> int:
         """The u32 at ``offset`` in section ``index``; all-ones when out of range (as kmod)."""
@@ -563,8 +563,8 @@ def zero_positions(data: bytes) -> list[int]:
 
 
 _PLUS_ONE = (1).__add__
-_LOW_TWO_BITS = 3
-_TWO = 2
+_MISALIGNMENT = (3).__and__  # offset -> its distance past a 4-byte boundary
+_WORD_INDEX = (2).__rrshift__  # offset -> index of the 4-byte word there
 _MINUS_ONE = (-1).__add__
 
 

@@ -196,10 +196,10 @@ class Scanner:
                     self.log.error(f"openat({fs(fsbase)}, {fs(name)}, O_RDONLY): {e.strerror}")
                     continue
                 self._walk(sub, kbase + name + b"/", fsbase + name + b"/", ancestors | {key})
-            elif name.endswith(MODULE_EXTENSIONS) and name not in MODULE_EXTENSIONS:
-                # (is_module_name, and ModuleFile built as the plain tuple it is: thousands)
-                mod = _new_file(ModuleFile, (name.partition(b".")[0].replace(b"-", b"_"),
-                                             kbase + name, fsbase + name,
+            elif is_module_name(name):
+                # (built as the plain tuple it is: thousands)
+                mod = _new_file(ModuleFile, (modname_normalize(name), kbase + name,
+                                             fsbase + name,
                                              None if relbase is None else relbase + name, name))
                 old = self.by_name.get(mod.name)
                 if old is None:
