@@ -57,7 +57,7 @@ _DEPMOD_SECTIONS = (b".symtab", b".strtab", b".modinfo", b"__versions", b"__ksym
 _NO_CRCS: tuple[list[int], array, array] = ([], array("I"), array("H"))
 # bytes read before the section header table with it, for the section name table (all of the
 # Debian tree's, 0.9 KiB at most, end within 8 bytes of it)
-_NAMES_BEFORE_TABLE = 2048
+NAMES_BEFORE_TABLE = 2048
 _NATIVE_U32 = struct.Struct("=I")
 _EHDR_STRUCTS = {(cls, enc): struct.Struct((">" if enc == ELFDATA2MSB else "<") + fmt)
                  for cls, fmt in _EHDR.items() for enc in (ELFDATA2LSB, ELFDATA2MSB)}
@@ -126,7 +126,7 @@ class ElfModule:
             raise ElfError(f"section name table index {shstrndx} >= {shnum} sections", path)
         # The section name table usually ends just before the section header table (the
         # linker writes them last): one read takes both when it lies in the bytes before.
-        before = min(shoff, _NAMES_BEFORE_TABLE)
+        before = min(shoff, NAMES_BEFORE_TABLE)
         block = read(shoff - before, before + shnum * shentsize)
         (self._sh_name, self._sh_type, self._sh_flags, self._sh_off,
          self._sh_size) = section_table_columns(block[before:], cls, big)
