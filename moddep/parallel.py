@@ -451,10 +451,12 @@ def fork_join(tasks: Sequence[Callable[[], T]], jobs: int,
         os.close(wfd)
         children.append((pid, rfd, share))
     results: list[Optional[T]] = [None] * len(tasks)
+    unread = {rfd for _pid, rfd, _share in children}
     try:
         for i in shares[0]:
             results[i] = tasks[i]()
         for _pid, rfd, share in children:
+            unread.discard(rfd)
             with os.fdopen(rfd, "rb") as r:
                 kind, value = pickle.load(r)
             if kind == "error":
@@ -466,6 +468,10 @@ def fork_join(tasks: Sequence[Callable[[], T]], jobs: int,
             if follow is not None:
                 follow()
     finally:
+        # (a result not read, as when this process's own task failed: closing its pipe ends
+        # the child's write, which could otherwise wait for a reader forever)
+        for rfd in unread:
+            os.close(rfd)
         for pid, _rfd, _share in children:
             reap_before_exit(pid)
     return results  # type: ignore[return-value]

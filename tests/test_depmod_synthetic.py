@@ -323,3 +323,21 @@ def test_verbose_needs_lines_in_first_use_order(tmp_path: Path, kv: int) -> None
     assert ours.stdout.replace(bytes(tmp_path / "a"), b"ROOT") == \
         theirs.stdout.replace(bytes(tmp_path / "b"), b"ROOT")
     same_files(ours, theirs)
+
+
+def test_cycle_with_outputs_larger_than_a_pipe(tmp_path: Path) -> None:
+    """Symbol resolution fails on a cycle while the other output half, in a child, has more
+    to hand over than a pipe holds: the run ends with the cycle error instead of waiting."""
+    import time
+
+    root = tmp_path / "r"
+    many = [b"pci:v%08Xd%08Xsv*sd*bc*sc*i*" % (i, i) for i in range(40000)]
+    make_tree(root, {"kernel/a.ko": mod(exports=[b"x"], needs=[b"y"]),
+                     "kernel/b.ko": mod(exports=[b"y"], needs=[b"x"]),
+                     "kernel/c.ko": mod(aliases=many)})
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    start = time.monotonic()
+    run = synth.moddep(root, "-C", str(conf), "-j", "2")
+    assert run.rc == 1 and "Cycle detected: b -> a -> b" in run.stderr
+    assert time.monotonic() - start < 60

@@ -201,3 +201,17 @@ def test_fork_join_leaves_then_work_to_finish_before_exit(tmp_path: Path,
     assert time.monotonic() - start < 0.45 and not done.exists()
     diag.reap_children()
     assert done.exists()
+
+
+def test_fork_join_parent_failure_does_not_wait_on_a_blocked_child() -> None:
+    """When this process's own task fails, a child whose result is larger than its pipe
+    cannot stay blocked on writing it: fork_join raises (and has reaped the child)."""
+    from moddep.parallel import fork_join
+
+    def fail() -> bytes:
+        raise ValueError("own task failed")
+
+    start = time.monotonic()
+    with pytest.raises(ValueError, match="own task failed"):
+        fork_join([fail, lambda: b"x" * (8 << 20)], 2)
+    assert time.monotonic() - start < 10
