@@ -36,13 +36,7 @@ from typing import Any, Callable, Iterable, NamedTuple, Optional, Sequence, Unio
 
 from moddep import __version__
 from moddep.compression import DEFAULT_LIMIT
-from moddep.elf import (
-    ELFDATA2MSB,
-    NAMES_BEFORE_TABLE,
-    ElfModule,
-    header_size,
-    section_table_columns,
-)
+from moddep.elf import ELFDATA2MSB, ElfModule, TableBlock, header_size, section_table_columns
 from moddep.model import ModuleData
 
 # bump when ModuleData or the extraction changes meaning
@@ -148,24 +142,17 @@ def key_by_recipe(read: Callable[[int, int], bytes], size: int, limit: int,
         if len(depmod) != n or len(crc) != m:
             raise ValueError
         head = read(0, 64)
-        # (with the bytes before the table, where the section name table usually is: as
-        # ElfModule reads them)
-        before = min(table_off, NAMES_BEFORE_TABLE)
-        block = read(table_off - before, before + table_size)
+        block = TableBlock(read, table_off, table_size)  # (as ElfModule reads it)
         names, types, _flags, offs, sizes = section_table_columns(
-            block[before:], head[4], head[5] == ELFDATA2MSB)
+            block.table, head[4], head[5] == ELFDATA2MSB)
         ranges = [(0, header_size(head))] + [(offs[i], sizes[i]) for i in (shstrndx, *depmod)]
         crc_ranges = [(offs[i], sizes[i]) for i in crc]
     except (ValueError, IndexError, KeyError, TypeError):
         raise ValueError("malformed cache recipe, or a file it does not fit") from None
     h = _layout_head(limit, size, ranges, names.tobytes() + types.tobytes())
-    str_off, str_size = ranges[1]
-    start = str_off - (table_off - before)
     for off, length in ranges:
-        if off == str_off and length == str_size and 0 <= start and off + length <= table_off:
-            h.update(block[start:start + length])
-        else:
-            h.update(read(off, length))
+        got = block.before(off, length)
+        h.update(read(off, length) if got is None else got)
     h.update(_crc_head(crc, crc_ranges))
     for off, length in crc_ranges:
         h.update(read(off, length))

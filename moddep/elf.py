@@ -57,7 +57,7 @@ _DEPMOD_SECTIONS = (b".symtab", b".strtab", b".modinfo", b"__versions", b"__ksym
 _NO_CRCS: tuple[list[int], array, array] = ([], array("I"), array("H"))
 # bytes read before the section header table with it, for the section name table (all of the
 # Debian tree's, 0.9 KiB at most, end within 8 bytes of it)
-NAMES_BEFORE_TABLE = 2048
+_NAMES_BEFORE_TABLE = 2048
 _NATIVE_U32 = struct.Struct("=I")
 _EHDR_STRUCTS = {(cls, enc): struct.Struct((">" if enc == ELFDATA2MSB else "<") + fmt)
                  for cls, fmt in _EHDR.items() for enc in (ELFDATA2LSB, ELFDATA2MSB)}
@@ -124,12 +124,9 @@ class ElfModule:
                 f"the file ({size} bytes)", path)
         if shstrndx >= shnum:
             raise ElfError(f"section name table index {shstrndx} >= {shnum} sections", path)
-        # The section name table usually ends just before the section header table (the
-        # linker writes them last): one read takes both when it lies in the bytes before.
-        before = min(shoff, NAMES_BEFORE_TABLE)
-        block = read(shoff - before, before + shnum * shentsize)
+        block = TableBlock(read, shoff, shnum * shentsize)
         (self._sh_name, self._sh_type, self._sh_flags, self._sh_off,
-         self._sh_size) = section_table_columns(block[before:], cls, big)
+         self._sh_size) = section_table_columns(block.table, cls, big)
         self._shnum = shnum
         self._shstrndx = shstrndx
         self._ehdr_size = ehdr.size
@@ -141,14 +138,13 @@ class ElfModule:
         self._symtab_cache: Optional[tuple[bytes, int, bytes]] = None
         str_off, str_size = self._sh_off[shstrndx], self._sh_size[shstrndx]
         self._check_range(str_off, str_size, "section name table")
-        start = str_off - (shoff - before)
-        if 0 <= start and str_off + str_size <= shoff:
-            shstrtab = block[start:start + str_size]
+        shstrtab = block.before(str_off, str_size)
+        if shstrtab is None:
+            shstrtab = read(str_off, str_size)
+        else:
             keep = getattr(data, "keep", None)
             if keep is not None:  # (the cache key reads it again)
                 keep(str_off, shstrtab)
-        else:
-            shstrtab = read(str_off, str_size)
         self._shstrtab = shstrtab
         if str_size == 0 or shstrtab[-1] != 0:
             raise ElfError("section name table is empty or not NUL-terminated", path)
@@ -284,13 +280,6 @@ class ElfModule:
             count, "little")
         return zero_positions(both)[1:] if both[:1] == b"\0" else zero_positions(both)
 
-    def _string(self, strtab: bytes, off: int) -> bytes:
-        if off >= len(strtab):
-            raise ElfError(f"symbol name offset {off} outside .strtab ({len(strtab)} bytes)",
-                           self.path)
-        end = strtab.find(b"\0", off)
-        return strtab[off:end] if end >= 0 else strtab[off:]
-
     def exported_symbols(self) -> tuple[list[bytes], list[int]]:
         """Exported symbol names and CRCs as ``kmod_elf_get_symbols`` finds them (§6.3).
 
@@ -410,6 +399,14 @@ class ElfModule:
         """(offset, size) of section ``index`` as its header states them."""
         return self._sh_off[index], self._sh_size[index]
 
+    def _whole_section(self, index: int) -> bytes:
+        """Section ``index`` (< the section count) as its header states it, cut at the file's
+        end; read once (as the cache key reads it)."""
+        section = self._section_cache.get(index)
+        if section is None:
+            section = self._section_cache[index] = self.read(*self.section_range(index))
+        return section
+
     def _crc_words(self, index: int, offsets: list[int]) -> Optional[list[int]]:
         """:meth:`_section_word` of each offset in section ``index`` (the values themselves
         for SHN_UNDEF/SHN_ABS), all at once when every offset is a whole word inside the
@@ -418,9 +415,7 @@ class ElfModule:
             return offsets
         if index >= self._shnum or any(map(_MISALIGNMENT, offsets)):
             return None
-        section = self._section_cache.get(index)
-        if section is None:
-            section = self._section_cache[index] = self.read(*self.section_range(index))
+        section = self._whole_section(index)
         if max(offsets) + 4 > len(section):
             return None
         words = self._words(section[:len(section) & ~3], "I")
@@ -430,11 +425,7 @@ class ElfModule:
         """The u32 at ``offset`` in section ``index``; all-ones when out of range (as kmod)."""
         if index >= self._shnum:
             return 0xFFFFFFFF
-        soff, ssize = self._sh_off[index], self._sh_size[index]
-        # the whole section is read once (as the cache key reads it), cut at the file's end
-        section = self._section_cache.get(index)
-        if section is None:
-            section = self._section_cache[index] = self.read(soff, ssize)
+        section = self._whole_section(index)
         if offset + 4 > len(section):
             return 0xFFFFFFFF
         return int(struct.unpack_from(self.endian + "I", section, offset)[0])
@@ -529,6 +520,30 @@ class ElfModule:
 _NO_RECORD = -1  # (CRCs are unsigned)
 _NUL_TO_BLANK = bytes([0x20]) + bytes(range(1, 256))
 _BLANKS = b" \t\n\r\x0b\x0c"  # what bytes.split() splits on besides the NULs made blanks
+
+
+class TableBlock:
+    """The section header table at ``offset`` (``size`` bytes), read together with the bytes
+    just before it: the section name table usually ends there (the linker writes the two
+    last), so one read takes both."""
+
+    __slots__ = ("start", "end", "block")
+
+    def __init__(self, read: Callable[[int, int], bytes], offset: int, size: int) -> None:
+        self.start = offset - min(offset, _NAMES_BEFORE_TABLE)
+        self.end = offset
+        self.block = read(self.start, offset - self.start + size)
+
+    @property
+    def table(self) -> bytes:
+        return self.block[self.end - self.start:]
+
+    def before(self, offset: int, size: int) -> Optional[bytes]:
+        """The ``size`` bytes at ``offset`` if they lie in what was read before the table."""
+        if offset < self.start or offset + size > self.end:
+            return None
+        at = offset - self.start
+        return self.block[at:at + size]
 
 
 def header_size(head: bytes) -> int:

@@ -415,11 +415,16 @@ def fork_join(tasks: Sequence[Callable[[], T]], jobs: int,
     library.
     """
     after = list(then) if then is not None else [None] * len(tasks)
+
+    def follow_up(share: Sequence[int]) -> None:
+        for i in share:
+            work = after[i]
+            if work is not None:
+                work()
+
     if jobs <= 1 or len(tasks) <= 1 or not hasattr(os, "fork"):
         done = [t() for t in tasks]
-        for follow in after:
-            if follow is not None:
-                follow()
+        follow_up(range(len(tasks)))
         return done
     import pickle
 
@@ -442,10 +447,7 @@ def fork_join(tasks: Sequence[Callable[[], T]], jobs: int,
                 with os.fdopen(wfd, "wb") as w:
                     pickle.dump(payload, w, protocol=pickle.HIGHEST_PROTOCOL)
                 if payload[0] == "ok":  # type: ignore[index]
-                    for i in share:
-                        follow = after[i]
-                        if follow is not None:
-                            follow()
+                    follow_up(share)
             finally:
                 os._exit(0)
         os.close(wfd)
@@ -463,10 +465,7 @@ def fork_join(tasks: Sequence[Callable[[], T]], jobs: int,
                 raise value
             for i, v in zip(share, value):
                 results[i] = v
-        for i in shares[0]:
-            follow = after[i]
-            if follow is not None:
-                follow()
+        follow_up(shares[0])
     finally:
         # (a result not read, as when this process's own task failed: closing its pipe ends
         # the child's write, which could otherwise wait for a reader forever)

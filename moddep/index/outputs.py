@@ -9,7 +9,6 @@ trie encoding lives in :mod:`moddep.index.trie`.
 from __future__ import annotations
 
 from itertools import compress
-from operator import itemgetter
 from typing import Callable, NamedTuple, Optional, Sequence
 
 from moddep.compat import KmodGeneration
@@ -169,25 +168,22 @@ def modules_devname(inp: Inputs) -> bytes:
 
 # -- binary indexes --------------------------------------------------------------------------
 
-_first = itemgetter(0)
-_second = itemgetter(1)
-
-
 def _encode(inp: Inputs, name: str, entries: list[tuple[bytes, bytes, int]]) -> bytes:
-    if inp.gen.ascii_fatal and not (b"".join(map(_first, entries)).isascii()
-                                    and b"".join(map(_second, entries)).isascii()):
-        # kmod >= 34: index__checkstring makes any byte >= 0x80 fatal (v30's signed check
-        # never fires on x86); report it the same way (the first culprit, in entry order).
-        for key, value, _prio in entries:
-            for s in (key, value):
-                if not s.isascii():
-                    bad = next(c for c in s if c >= 0x80)
-                    raise ModdepError(
-                        f"Module index: bad character '{chr(bad)}'=0x{bad:x} - only 7-bit "
-                        f"ASCII is supported:\n{fs(s)}")
     try:
         return trie.encode(entries, inp.gen.trie_layout)
     except IndexFormatError as e:
+        if inp.gen.ascii_fatal:
+            # kmod >= 34: index__checkstring makes any byte >= 0x80 fatal (v30's signed
+            # check never fires on x86); report it the same way (the first culprit, in
+            # entry order). The encoder refuses such entries too, so it is looked for only
+            # once the encoder has refused something.
+            for key, value, _prio in entries:
+                for s in (key, value):
+                    if not s.isascii():
+                        bad = next(c for c in s if c >= 0x80)
+                        raise ModdepError(
+                            f"Module index: bad character '{chr(bad)}'=0x{bad:x} - only 7-bit "
+                            f"ASCII is supported:\n{fs(s)}") from None
         raise IndexFormatError(f"could not encode {name}: {e.message}") from None
 
 

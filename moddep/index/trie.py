@@ -235,10 +235,8 @@ def _entry_error(key: object, value: object, priority: object) -> None:
 
 
 def _values_blob(values: List[Tuple[int, bytes]]) -> bytes:
-    """The encoded value list of one node: count, then (priority, value NUL) each."""
-    if len(values) == 1:
-        priority, value = values[0]
-        return _II.pack(1, priority) + value + b"\0"
+    """The encoded value list of a node with several values: count, then (priority, value
+    NUL) each (a single value is encoded inline by the caller)."""
     parts = [_pack_u32(len(values))]
     for priority, value in values:
         parts.append(_pack_u32(priority))
